@@ -1,0 +1,19 @@
+"""User-facing errors.
+
+Anything a user can cause (bad file, bad config, missing weights) raises :class:`AttnMelError`
+with a one-line message that names the file and the problem. The CLI prints it as
+``attnmel: error: <message>`` and exits with status 2, never with a traceback.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+
+class AttnMelError(Exception):
+    """An error caused by input the user controls; its message is one line, shown as is."""
+
+
+def file_error(path: str | Path, problem: str) -> AttnMelError:
+    """Build the standard ``<path>: <problem>`` error."""
+    return AttnMelError(f"{path}: {problem}")
