@@ -1,0 +1,230 @@
+"""``attnmel``: the command-line front end. Every user error is one line on stderr and exit status 2."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from pathlib import Path
+
+from attnmel.errors import AttnMelError
+
+EXPERIMENTS = Path("experiments")
+
+
+def _add_data(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("data", help="dataset tools: synth, check, stats")
+    dsub = p.add_subparsers(dest="data_cmd", required=True)
+    s = dsub.add_parser("synth", help="write a synthetic lesion dataset in the ISIC 2017 layout")
+    s.add_argument("--out", required=True, type=Path)
+    s.add_argument("--n", type=int, default=600)
+    s.add_argument("--size", type=int, default=96)
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--spurious", action="store_true",
+                   help="plant an artefact outside the lesion that tracks the label in train only")
+    c = dsub.add_parser("check", help="verify a download: images, labels and masks per split and class")
+    c.add_argument("--dataset", required=True)
+    c.add_argument("--root", required=True, type=Path)
+    st = dsub.add_parser("stats", help="per-channel mean/std of a dataset's training split")
+    st.add_argument("--dataset", required=True)
+    st.add_argument("--root", required=True, type=Path)
+    st.add_argument("--split", default="train")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="attnmel", description="Interpretable attention-based melanoma classification.")
+    p.add_argument("-v", "--verbose", action="store_true", help="show debug logs and full tracebacks")
+    sub = p.add_subparsers(dest="cmd", required=True)
+    _add_data(sub)
+
+    t = sub.add_parser("train", help="train a model from a config into runs/<name>/")
+    t.add_argument("--config", type=Path, help="experiments/<dataset>.yaml")
+    t.add_argument("--resume", type=Path, metavar="RUN_DIR", help="continue an interrupted run from its last checkpoint")
+    t.add_argument("overrides", nargs="*", help="key=value overrides, e.g. trainer.max_epochs=5 data.root=/data/isic2017")
+
+    e = sub.add_parser("evaluate", help="score a run on a split: metrics.json and predictions.csv")
+    e.add_argument("run_dir", type=Path)
+    e.add_argument("--split", default="test", choices=["train", "val", "test"])
+
+    pr = sub.add_parser("predict", help="class probabilities for images, optionally with attention overlays")
+    pr.add_argument("run_dir", type=Path)
+    pr.add_argument("images", nargs="+", type=Path)
+    pr.add_argument("--overlay", type=Path, metavar="DIR", help="write a PNG per image with its attention maps")
+
+    r = sub.add_parser("report", help="HTML attention-quality report of a run")
+    r.add_argument("run_dir", type=Path)
+    r.add_argument("--split", default="test", choices=["val", "test"])
+    r.add_argument("--ig", action="store_true", help="also compute Integrated Gradients (slow)")
+    r.add_argument("--limit", type=int, default=None, help="use at most this many images")
+
+    sw = sub.add_parser("sweep", help="run an ablation sweep: arms x seeds, then the summary")
+    sw.add_argument("sweep_file", type=Path)
+    sw.add_argument("--dataset", default=None, help="the dataset variant of the sweep (synthetic, isic2017, isic2016)")
+    sw.add_argument("--jobs", type=int, default=1, help="arms run in this many parallel processes")
+    sw.add_argument("--out", type=Path, default=Path("sweeps"))
+    sw.add_argument("overrides", nargs="*", help="key=value overrides applied to every arm")
+
+    sg = sub.add_parser("segment", help="write lesion masks (8-bit PNG, 0/255, image size) with a segmentation run")
+    sg.add_argument("run_dir", type=Path)
+    sg.add_argument("images", nargs="+", type=Path)
+    sg.add_argument("--out", type=Path, required=True)
+
+    d = sub.add_parser("demo", help="synthetic data -> train -> evaluate -> report, on a CPU in minutes")
+    d.add_argument("--out", type=Path, default=Path("runs/demo"))
+    d.add_argument("overrides", nargs="*")
+    return p
+
+
+def _split_run_dir(out: Path) -> list[str]:
+    return [f"out_dir={out.parent}", f"name={out.name}"]
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING,
+                        format="attnmel: %(levelname)s: %(message)s")
+    logging.getLogger("attnmel").setLevel(logging.DEBUG if args.verbose else logging.INFO)
+    try:
+        return dispatch(args) or 0
+    except AttnMelError as e:
+        if args.verbose:
+            raise
+        print(f"attnmel: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("attnmel: interrupted (finished outputs are kept; `attnmel train --resume RUN_DIR` continues a run)",
+              file=sys.stderr)
+        return 130
+
+
+def dispatch(args: argparse.Namespace) -> int | None:
+    from attnmel import config as config_mod
+
+    if args.cmd == "data":
+        return _data(args)
+    if args.cmd == "train":
+        from attnmel.train.run import train
+
+        if args.resume:
+            cfg = config_mod.read_yaml(args.resume / "config.yaml") if (args.resume / "config.yaml").is_file() else None
+            if cfg is None:
+                raise AttnMelError(f"{args.resume}: not a run folder (no config.yaml)")
+            cfg = config_mod.merge(cfg, config_mod.parse_overrides(args.overrides), schema=config_mod.defaults(),
+                                   source="command line")
+            out = train(cfg, resume=True)
+        else:
+            if args.config is None:
+                raise AttnMelError("train: give --config experiments/<dataset>.yaml (or --resume RUN_DIR)")
+            out = train(config_mod.load_config(args.config, args.overrides))
+        _print_headline(out)
+        return 0
+    if args.cmd == "evaluate":
+        from attnmel.train.run import evaluate
+
+        m = evaluate(args.run_dir, args.split)
+        print(_format_metrics(m))
+        return 0
+    if args.cmd == "predict":
+        from attnmel.train.predict import predict_images
+
+        predict_images(args.run_dir, args.images, overlay_dir=args.overlay)
+        return 0
+    if args.cmd == "report":
+        from attnmel.report.build import build_report
+
+        path = build_report(args.run_dir, split=args.split, integrated_gradients=args.ig, limit=args.limit)
+        print(f"report: {path}")
+        return 0
+    if args.cmd == "sweep":
+        from attnmel.sweep.run import run_sweep
+
+        return run_sweep(args.sweep_file, dataset=args.dataset, jobs=args.jobs, out_root=args.out,
+                         overrides=args.overrides)
+    if args.cmd == "segment":
+        from attnmel.train.segment import segment_images
+
+        segment_images(args.run_dir, args.images, args.out)
+        return 0
+    if args.cmd == "demo":
+        return _demo(args)
+    raise AttnMelError(f"unknown command {args.cmd}")
+
+
+def _data(args: argparse.Namespace) -> int:
+    if args.data_cmd == "synth":
+        from attnmel.data.synthetic import generate
+
+        out = generate(args.out, n=args.n, size=args.size, seed=args.seed, spurious=args.spurious)
+        print(f"synthetic dataset written to {out}")
+        return 0
+    if args.data_cmd == "check":
+        from attnmel.data.check import run_check
+
+        return run_check(args.dataset, args.root)
+    if args.data_cmd == "stats":
+        from attnmel import config as config_mod
+        from attnmel.data.readers import read_split
+        from attnmel.data.stats import compute_stats
+
+        cfg = config_mod.defaults()
+        cfg["data"].update(dataset=args.dataset, root=str(args.root))
+        index = read_split(args.dataset, args.root, args.split)
+        mean, std = compute_stats(index, cfg["data"])
+        print(f"mean: [{', '.join(f'{v:.4f}' for v in mean)}]")
+        print(f"std:  [{', '.join(f'{v:.4f}' for v in std)}]")
+        print(f"(put these in the config as data.mean / data.std)")
+        return 0
+    raise AttnMelError(f"unknown data command {args.data_cmd}")
+
+
+def _demo(args: argparse.Namespace) -> int:
+    from attnmel import config as config_mod
+    from attnmel.train.run import train
+
+    cfg_path = EXPERIMENTS / "synthetic.yaml"
+    if not cfg_path.is_file():
+        raise AttnMelError(f"{cfg_path}: not found (run the demo from the repository root)")
+    out: Path = args.out
+    cfg = config_mod.load_config(cfg_path, [*_split_run_dir(out), *args.overrides])
+    if (out / "checkpoints" / "best.ckpt").is_file():
+        print(f"demo: {out} already trained; re-evaluating (delete the folder to train again)")
+        from attnmel.train.run import evaluate
+
+        evaluate(out, "test")
+    else:
+        train(cfg)
+    _print_headline(out)
+    try:
+        from attnmel.report.build import build_report
+    except ImportError:
+        return 0
+    path = build_report(out, split="test")
+    print(f"report: {path}")
+    return 0
+
+
+def _format_metrics(m: dict) -> str:
+    keys = ["auc", "average_precision", "accuracy", "sensitivity", "specificity", "balanced_accuracy", "f1",
+            "spec_at_sens_82", "spec_at_sens_89", "spec_at_sens_95", "n_images"]
+    parts = []
+    for k in keys:
+        v = m.get(k)
+        if v is None:
+            continue
+        parts.append(f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}")
+    return "  ".join(parts)
+
+
+def _print_headline(run_dir: Path) -> None:
+    import json
+
+    path = Path(run_dir) / "metrics.json"
+    if path.is_file():
+        m = json.loads(path.read_text())
+        cls = m.get("classification") or m.get("segmentation") or {}
+        print(f"{run_dir}: {_format_metrics(cls)}")
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,241 @@
+"""A run folder, ``runs/<name>/``: train into it, and evaluate / predict from it without repeating flags.
+
+Layout: ``config.yaml`` (the full resolved config), ``checkpoints/best.ckpt`` (best validation AUC) and
+``last.ckpt``, ``metrics.json``, ``predictions.csv``, ``logs/`` (CSV + TensorBoard), ``report/``.
+"""
+
+from __future__ import annotations
+
+import logging
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from attnmel import config as config_mod
+from attnmel.errors import AttnMelError, file_error
+from attnmel.io import write_json, write_text
+
+log = logging.getLogger("attnmel.train")
+
+BEST, LAST = "best.ckpt", "last.ckpt"
+
+
+@dataclass
+class LoadedRun:
+    """What :func:`load_run` gives back: everything needed to use a trained run."""
+
+    run_dir: Path
+    cfg: dict
+    model: nn.Module
+    class_names: list[str]
+    melanoma_index: int
+    checkpoint: Path
+
+
+def run_dir_of(cfg: dict) -> Path:
+    return Path(cfg["out_dir"]) / str(cfg["name"])
+
+
+def _quiet_lightning() -> None:
+    for name in ("pytorch_lightning", "lightning", "lightning.pytorch", "lightning_fabric"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+    warnings.filterwarnings("ignore", message=".*does not have many workers.*")
+    warnings.filterwarnings("ignore", message=".*LeafSpec.*")
+    warnings.filterwarnings("ignore", message=".*isinstance.*treespec.*")
+
+
+def build_trainer(cfg: dict, run_dir: Path, *, callbacks_extra: list | None = None):
+    """The Lightning Trainer of a run: checkpoints by validation AUC, CSV + TensorBoard logs."""
+    import pytorch_lightning as pl
+    from pytorch_lightning.callbacks import EarlyStopping, ModelCheckpoint
+    from pytorch_lightning.loggers import CSVLogger, TensorBoardLogger
+
+    t = cfg["trainer"]
+    ckpt = ModelCheckpoint(dirpath=run_dir / "checkpoints", filename="best", monitor="val_auc", mode="max",
+                           save_last=True, save_top_k=1, auto_insert_metric_name=False,
+                           enable_version_counter=False)
+    ckpt.CHECKPOINT_NAME_LAST = "last"
+    callbacks: list = [ckpt]
+    if t.get("early_stopping_patience"):
+        callbacks.append(EarlyStopping(monitor="val_auc", mode="max", patience=int(t["early_stopping_patience"])))
+    callbacks += callbacks_extra or []
+    loggers = [CSVLogger(run_dir, name="logs", version="csv")]
+    try:
+        loggers.append(TensorBoardLogger(run_dir, name="logs", version="tensorboard", default_hp_metric=False))
+    except ModuleNotFoundError:  # tensorboard is optional at run time
+        pass
+    kwargs: dict[str, Any] = dict(
+        max_epochs=int(t["max_epochs"]), accelerator=t["accelerator"], devices=t["devices"],
+        num_nodes=int(t["num_nodes"]), strategy=t["strategy"], precision=t["precision"],
+        callbacks=callbacks, logger=loggers, log_every_n_steps=int(t["log_every_n_steps"]),
+        enable_progress_bar=bool(t["progress_bar"]), enable_model_summary=False,
+        deterministic=bool(t["deterministic"]), default_root_dir=run_dir, num_sanity_val_steps=0,
+    )
+    for k in ("limit_train_batches", "limit_val_batches"):
+        if t.get(k) is not None:
+            kwargs[k] = t[k]
+    return pl.Trainer(**kwargs)
+
+
+def train(cfg: dict, *, resume: bool = False, evaluate_after: bool = True) -> Path:
+    """Train a classifier (or segmenter) into its run folder; returns the folder."""
+    import pytorch_lightning as pl
+
+    _quiet_lightning()
+    run_dir = run_dir_of(cfg)
+    last = run_dir / "checkpoints" / LAST
+    if resume:
+        if not last.is_file():
+            raise file_error(last, "no checkpoint to resume from (train without --resume first)")
+        saved = config_mod.read_yaml(run_dir / "config.yaml")
+        cfg = saved if cfg is None else _resume_config(saved, cfg)
+    elif (run_dir / "checkpoints").is_dir() and any((run_dir / "checkpoints").glob("*.ckpt")):
+        raise file_error(run_dir, "run folder already holds checkpoints: pass --resume to continue it, "
+                                  "or name=<new name> for a new run")
+    run_dir.mkdir(parents=True, exist_ok=True)
+    write_text(run_dir / "config.yaml", config_mod.dump(cfg))
+    pl.seed_everything(int(cfg["seed"]), workers=True, verbose=False)
+
+    module, dm = build_module_and_data(cfg)
+    trainer = build_trainer(cfg, run_dir)
+    trainer.fit(module, datamodule=dm, ckpt_path=str(last) if resume else None, weights_only=True if resume else None)
+    if trainer.interrupted:
+        raise AttnMelError(f"{run_dir}: training interrupted; continue it with `attnmel train --resume {run_dir}`")
+    if not (run_dir / "checkpoints" / BEST).is_file():
+        raise file_error(run_dir, "training finished without a checkpoint (was there any validation data?)")
+    if evaluate_after and trainer.is_global_zero:
+        evaluate(run_dir, split="test")
+    return run_dir
+
+
+def _resume_config(saved: dict, new: dict) -> dict:
+    # Only the schedule may change on resume (more epochs); everything else is the saved run's.
+    out = dict(saved)
+    out["trainer"] = {**saved["trainer"], "max_epochs": new["trainer"]["max_epochs"]}
+    return out
+
+
+def build_module_and_data(cfg: dict):
+    """The LightningModule and DataModule a config describes."""
+    from attnmel.data.datamodule import AttnMelDataModule
+
+    dm = AttnMelDataModule(cfg)
+    if cfg.get("task", "classification") == "segmentation":
+        from attnmel.train.segmentation import SegmentationModule
+
+        return SegmentationModule(cfg), dm
+    from attnmel.losses.regularisers import needs_masks
+    from attnmel.train.module import ClassificationModule
+
+    dm.prepare_data()
+    dm.setup("fit")
+    target = needs_masks(cfg["loss"].get("regulariser") or "none")
+    if target:
+        dm.require_masks(target, reason=f"loss.regulariser={cfg['loss']['regulariser']}")
+    return ClassificationModule(cfg, dm.class_names, dm.melanoma_index), dm
+
+
+# -- loading a run ------------------------------------------------------------------------------
+def read_checkpoint(path: Path) -> dict:
+    """Load a checkpoint safely (``weights_only=True``), with one-line errors."""
+    if not path.is_file():
+        raise file_error(path, "checkpoint not found")
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # noqa: BLE001 - torch raises many types for a bad file
+        first = str(e).strip().splitlines()[0] if str(e).strip() else e.__class__.__name__
+        raise file_error(path, f"not a readable AttnMel checkpoint ({first[:160]})") from None
+    if not isinstance(ckpt, dict) or "state_dict" not in ckpt or "attnmel" not in ckpt:
+        raise file_error(path, "not an AttnMel checkpoint (no state_dict / attnmel section)")
+    return ckpt
+
+
+def load_run(run_dir: str | Path, which: str = BEST) -> LoadedRun:
+    """Config and model (best weights, CPU, eval mode) of a run folder."""
+    from attnmel.models import build_model
+
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise file_error(run_dir, "run folder not found")
+    ckpt_path = run_dir / "checkpoints" / which
+    ckpt = read_checkpoint(ckpt_path)
+    meta = ckpt["attnmel"]
+    cfg = meta["config"]
+    model_cfg = {**cfg["model"], "pretrained": "none"}
+    if cfg.get("task", "classification") == "segmentation":
+        from attnmel.models.segmentation import build_segmenter
+
+        model = build_segmenter(model_cfg["name"], model_cfg)
+    else:
+        model = build_model(model_cfg, num_classes=len(meta["class_names"]))
+    state = {k.removeprefix("model."): v for k, v in ckpt["state_dict"].items() if k.startswith("model.")}
+    try:
+        model.load_state_dict(state, strict=True)
+    except RuntimeError as e:
+        raise file_error(ckpt_path, f"weights do not fit model '{model_cfg['name']}' "
+                                    f"({str(e).splitlines()[0][:160]})") from None
+    model.eval()
+    return LoadedRun(run_dir, cfg, model, list(meta.get("class_names", [])), int(meta.get("melanoma_index", 1)),
+                     ckpt_path)
+
+
+# -- evaluation ---------------------------------------------------------------------------------
+@torch.inference_mode()
+def predict_probs(model: nn.Module, loader, device: str = "cpu") -> tuple[list[str], np.ndarray, np.ndarray]:
+    """Image ids, class probabilities (N, K) and labels (N,) over a DataLoader, batched, no gradients."""
+    model.to(device).eval()
+    ids: list[str] = []
+    probs: list[np.ndarray] = []
+    labels: list[np.ndarray] = []
+    for batch in loader:
+        out = model(batch["image"].to(device))
+        probs.append(torch.softmax(out.logits.float(), dim=1).cpu().numpy())
+        labels.append(batch["label"].cpu().numpy())
+        ids += list(batch["image_id"])
+    if not probs:
+        return [], np.zeros((0, 0)), np.zeros(0, dtype=int)
+    return ids, np.concatenate(probs), np.concatenate(labels)
+
+
+def evaluate(run_dir: str | Path, split: str = "test") -> dict:
+    """Score a run on a split: ``metrics.json`` (``classification`` section) and ``predictions.csv``."""
+    from attnmel.data.datamodule import AttnMelDataModule
+    from attnmel.metrics.classification import classification_metrics, write_predictions_csv
+
+    run = load_run(run_dir)
+    if run.cfg.get("task", "classification") == "segmentation":
+        from attnmel.train.segment import evaluate_segmentation
+
+        return evaluate_segmentation(run, split)
+    dm = AttnMelDataModule(run.cfg)
+    loader = dm.eval_dataloader(split)
+    ids, probs, labels = predict_probs(run.model, loader)
+    if not ids:
+        raise AttnMelError(f"{run.cfg['data']['root']}: split '{split}' has no images")
+    metrics = classification_metrics(labels, probs, run.class_names, run.melanoma_index)
+    suffix = "" if split == "test" else f"_{split}"
+    write_predictions_csv(run.run_dir / f"predictions{suffix}.csv", ids, probs, run.class_names)
+    update_metrics(run.run_dir, {f"classification{suffix}": metrics, "split": split,
+                                 "checkpoint": str(run.checkpoint.relative_to(run.run_dir))})
+    return metrics
+
+
+def update_metrics(run_dir: Path, section: dict) -> dict:
+    """Merge ``section`` into the run's ``metrics.json`` (written atomically)."""
+    import json
+
+    path = Path(run_dir) / "metrics.json"
+    current: dict = {}
+    if path.is_file():
+        try:
+            current = json.loads(path.read_text(encoding="utf-8"))
+        except json.JSONDecodeError:
+            log.warning("%s: unreadable, rewritten", path)
+    current.update(section)
+    write_json(path, current)
+    return current
