@@ -1,0 +1,87 @@
+"""Segmentation runs: masks at each image's full size (``attnmel segment``) and the ISIC Task 1 scores."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from attnmel.errors import AttnMelError
+
+
+def _prepare(image: np.ndarray, data_cfg: dict, mean: list[float], std: list[float]) -> torch.Tensor:
+    # The whole image resized to a square (the U-Net seed's choice), so the mask maps back to every pixel.
+    size = int(data_cfg["image_size"])
+    x = torch.from_numpy(image).permute(2, 0, 1).float().unsqueeze(0) / 255.0
+    x = F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False, antialias=True)
+    m = torch.tensor(mean).view(1, 3, 1, 1)
+    s = torch.tensor(std).view(1, 3, 1, 1)
+    return (x - m) / s
+
+
+@torch.inference_mode()
+def predict_full_size(model: torch.nn.Module, image: np.ndarray, data_cfg: dict, mean: list[float],
+                      std: list[float]) -> np.ndarray:
+    """Lesion probability (H, W) at the image's own size."""
+    logits = model(_prepare(image, data_cfg, mean, std))
+    if isinstance(logits, (tuple, list)):
+        logits = logits[0]
+    prob = torch.sigmoid(logits.float())
+    prob = F.interpolate(prob, size=image.shape[:2], mode="bilinear", align_corners=False)
+    return prob[0, 0].numpy()
+
+
+def _norm_stats(cfg: dict) -> tuple[list[float], list[float]]:
+    from attnmel.data.transforms import normalisation
+
+    return normalisation(cfg["data"])
+
+
+def segment_images(run_dir: str | Path, images: list[Path], out_dir: Path) -> list[Path]:
+    """Write ``<id>_segmentation.png`` (8-bit, 0/255, the image's size) per image: the official format."""
+    from PIL import Image
+
+    from attnmel.data.images import load_image
+    from attnmel.io import atomic_path
+    from attnmel.train.run import load_run
+
+    run = load_run(run_dir)
+    if run.cfg.get("task") != "segmentation":
+        raise AttnMelError(f"{run_dir}: not a segmentation run (task: {run.cfg.get('task')})")
+    mean, std = _norm_stats(run.cfg)
+    out_dir = Path(out_dir)
+    written = []
+    for path in images:
+        image = load_image(path)
+        prob = predict_full_size(run.model, image, run.cfg["data"], mean, std)
+        target = out_dir / f"{Path(path).stem}_segmentation.png"
+        with atomic_path(target) as tmp:
+            Image.fromarray(((prob > 0.5) * 255).astype(np.uint8), mode="L").save(tmp, format="PNG")
+        written.append(target)
+    print(f"{len(written)} masks written to {out_dir}")
+    return written
+
+
+def evaluate_segmentation(run, split: str = "test") -> dict:
+    """ISIC Task 1 metrics of a segmentation run on a split, each mask scored at its full resolution."""
+    from attnmel.data.images import load_image, load_mask
+    from attnmel.data.readers import read_split
+    from attnmel.metrics.segmentation import segmentation_metrics
+    from attnmel.train.run import update_metrics
+
+    d = run.cfg["data"]
+    index = read_split(d["dataset"], d["root"], split)
+    samples = [s for s in index.samples if s.mask is not None]
+    if not samples:
+        raise AttnMelError(f"{d['root']}: split '{split}' has no lesion masks to score against")
+    mean, std = _norm_stats(run.cfg)
+    preds, truths = [], []
+    for s in samples:
+        image = load_image(s.image)
+        truths.append(load_mask(s.mask, image.shape[:2]))
+        preds.append(predict_full_size(run.model, image, d, mean, std) > 0.5)
+    scores = segmentation_metrics(preds, truths, image_ids=[s.image_id for s in samples])
+    update_metrics(run.run_dir, {"segmentation": scores, "split": split})
+    return scores
