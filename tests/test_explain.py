@@ -1,0 +1,275 @@
+"""Attention-quality protocol, baselines and captum attributions on a tiny stand-in classifier."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import NamedTuple
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from PIL import Image
+from torch import nn
+
+from attnmel.errors import AttnMelError
+from attnmel.explain.attributions import (
+    attention_maps,
+    explain_batch,
+    gradcam_maps,
+    integrated_gradients_maps,
+)
+from attnmel.explain.baselines import blob_maps, cam_maps, gaussian_blob
+from attnmel.explain.maps import (
+    CURVE_THRESHOLDS,
+    ORDER_RULE,
+    attention_quality,
+    binarise,
+    energy_inside,
+    pointing_game,
+    postprocess_map,
+    score_map,
+)
+
+
+class Out(NamedTuple):
+    """Stand-in for attnmel.models' ClassifierOutput (same fields)."""
+
+    logits: torch.Tensor
+    maps: dict
+    features: torch.Tensor
+
+
+class TinyNet(nn.Module):
+    """Follows the classifier contract: ClassifierOutput, gradcam_layer, attention_layers, CAM."""
+
+    attention_layers = ("pool3", "pool4")
+
+    def __init__(self, k: int = 2) -> None:
+        super().__init__()
+        self.stem = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.BatchNorm2d(4), nn.ReLU(), nn.MaxPool2d(2))
+        self.block = nn.Sequential(nn.Conv2d(4, 8, 3, padding=1), nn.ReLU())
+        self.gradcam_layer = self.block
+        self.att = nn.Conv2d(8, 1, 1)
+        self.fc = nn.Linear(8, k)
+
+    def forward(self, x: torch.Tensor) -> Out:
+        f = self.block(self.stem(x))
+        a3 = torch.sigmoid(self.att(f))
+        a4 = F.max_pool2d(a3, 2)
+        feat = f.mean(dim=(2, 3))
+        return Out(self.fc(feat), {"pool3": a3, "pool4": a4}, feat)
+
+    def class_activation_map(self, x: torch.Tensor) -> torch.Tensor:
+        f = self.block(self.stem(x))
+        return torch.einsum("kc,bchw->bkhw", self.fc.weight, f)
+
+
+class NoCam(TinyNet):
+    class_activation_map = None  # type: ignore[assignment]
+
+
+@pytest.fixture(scope="module")
+def model_and_images() -> tuple[TinyNet, torch.Tensor]:
+    torch.manual_seed(0)
+    return TinyNet(), torch.randn(3, 3, 32, 32)
+
+
+def _disk(hw: tuple[int, int], r: float, cy: float | None = None, cx: float | None = None) -> np.ndarray:
+    h, w = hw
+    cy = h / 2 if cy is None else cy
+    cx = w / 2 if cx is None else cx
+    yy, xx = np.mgrid[:h, :w]
+    return (yy + 0.5 - cy) ** 2 + (xx + 0.5 - cx) ** 2 <= r * r
+
+
+# --- post-processing -------------------------------------------------------------------------
+
+def test_postprocess_7x7_to_64x64_range() -> None:
+    m = torch.rand(7, 7) * 5 + 3
+    out = postprocess_map(m, (64, 64))
+    assert out.shape == (64, 64) and out.dtype == np.float32
+    assert out.min() == 0.0 and out.max() == 1.0
+    # Order rule: upsample first, then min-max over the upsampled map.
+    up = F.interpolate(m[None, None], size=(64, 64), mode="bilinear", align_corners=False)[0, 0].numpy()
+    np.testing.assert_allclose(out, (up - up.min()) / (up.max() - up.min()), atol=1e-6)
+    assert "upsampled" in ORDER_RULE and "first" in ORDER_RULE
+
+
+def test_postprocess_accepts_numpy_and_singleton_dims() -> None:
+    m = np.random.default_rng(0).random((1, 1, 5, 6))
+    assert postprocess_map(m, (10, 12)).shape == (10, 12)
+    with pytest.raises(AttnMelError):
+        postprocess_map(np.zeros((2, 5, 6)), (10, 12))
+
+
+def test_constant_map_becomes_zeros() -> None:
+    out = postprocess_map(np.full((7, 7), 0.3), (20, 20))
+    assert np.array_equal(out, np.zeros((20, 20), np.float32))
+    # Rounding-level spread (here 1 ulp) is no signal either; upsampling alone creates such noise.
+    near = np.full((7, 7), 0.3, np.float32)
+    near[3, 3] = np.nextafter(np.float32(0.3), np.float32(1))
+    assert not postprocess_map(near, (20, 20)).any()
+    mask = _disk((20, 20), 5)
+    s = score_map(np.full((7, 7), 0.3), mask)
+    assert s["jaccard"] == 0.0 and s["pointing_game"] == 0.0 and s["energy_inside"] == 0.0
+
+
+def test_binarise_is_greater_or_equal() -> None:
+    assert binarise(np.array([0.49, 0.5, 0.51])).tolist() == [False, True, True]
+
+
+# --- scores ----------------------------------------------------------------------------------
+
+def test_map_equal_to_mask_scores_one_and_inverse_zero() -> None:
+    mask = _disk((40, 48), 10)
+    good = score_map(mask.astype(np.float32), mask)
+    assert good["jaccard"] == 1.0 and good["dice"] == 1.0
+    assert good["pointing_game"] == 1.0 and good["energy_inside"] == 1.0
+    assert good["jaccard_curve"] == [1.0] * len(CURVE_THRESHOLDS)
+    bad = score_map((~mask).astype(np.float32), mask)
+    assert bad["jaccard"] == 0.0 and bad["pointing_game"] == 0.0 and bad["energy_inside"] == 0.0
+
+
+def test_jaccard_hand_case() -> None:
+    # Map already at mask size: min-max leaves it, binarised at >= 0.5 it is the left two columns.
+    m = np.array([[1.0, 0.5, 0.0], [1.0, 0.6, 0.2], [0.8, 0.7, 0.4]])
+    mask = np.array([[1, 1, 1], [1, 0, 0], [0, 0, 0]], dtype=bool)
+    s = score_map(m, mask)  # pred 6 px, truth 4 px, overlap 3 -> J = 3/7, Dice = 6/10
+    assert s["jaccard"] == pytest.approx(3 / 7)
+    assert s["dice"] == pytest.approx(6 / 10)
+    assert s["pointing_game"] == pytest.approx(1.0)  # both maxima (1.0) are in the lesion
+
+
+def test_pointing_game_and_energy_hand_cases() -> None:
+    m = np.array([[0.0, 1.0], [0.5, 0.5]])
+    mask = np.array([[False, True], [True, False]])
+    assert pointing_game(m, mask) == 1.0
+    assert pointing_game(m, ~mask) == 0.0
+    assert energy_inside(m, mask) == pytest.approx(1.5 / 2.0)
+    tie = np.array([[1.0, 1.0], [0.0, 0.0]])
+    assert pointing_game(tie, mask) == pytest.approx(0.5)  # one of two maxima inside
+
+
+def test_jaccard_curve_monotone_case() -> None:
+    # Radial ramp peaking at the centre; the disk mask matches the ramp's level set at one threshold.
+    hw = (50, 50)
+    yy, xx = np.mgrid[:50, :50]
+    ramp = 1.0 - np.hypot(yy + 0.5 - 25, xx + 0.5 - 25) / 40.0
+    s = score_map(ramp, _disk(hw, 12))
+    curve = s["jaccard_curve"]
+    assert len(curve) == 19 and max(curve) > 0.9
+    assert curve[0] < max(curve) and curve[-1] < max(curve)
+
+
+def _write_png(path: Path, mask: np.ndarray) -> None:
+    Image.fromarray(mask.astype(np.uint8) * 255, mode="L").save(path)
+
+
+def test_map_jaccard_agrees_with_official_isic_scorer(tmp_path: Path) -> None:
+    from isic_challenge_scoring import metrics as isic
+    from isic_challenge_scoring.confusion import create_binary_confusion_matrix
+    from isic_challenge_scoring.load_image import load_segmentation_image
+
+    rng = np.random.default_rng(1)
+    for i, hw in enumerate([(33, 41), (64, 64), (29, 50)]):
+        mask = _disk(hw, rng.uniform(3, 12), hw[0] / 2 + rng.uniform(-4, 4), hw[1] / 2 + rng.uniform(-4, 4))
+        raw = rng.random((7, 7))
+        ours = score_map(raw, mask)
+        pred = binarise(postprocess_map(raw, hw))
+        _write_png(tmp_path / f"t{i}.png", mask)
+        _write_png(tmp_path / f"p{i}.png", pred)
+        t = load_segmentation_image(tmp_path / f"t{i}.png") > 128
+        p = load_segmentation_image(tmp_path / f"p{i}.png") > 128
+        cm = create_binary_confusion_matrix(truth_binary_values=t, prediction_binary_values=p)
+        assert ours["jaccard"] == pytest.approx(float(isic.binary_jaccard(cm)), abs=1e-12)
+        assert ours["dice"] == pytest.approx(float(isic.binary_dice(cm)), abs=1e-12)
+
+
+# --- baselines and the table -----------------------------------------------------------------
+
+def test_centre_blob_scores_on_centred_lesions() -> None:
+    b = gaussian_blob((64, 80), sigma_fraction=0.2)
+    assert b.shape == (64, 80) and b.max() == pytest.approx(1.0, abs=5e-3)
+    assert np.allclose(b, b[::-1, ::-1])  # centred
+    assert gaussian_blob((64, 80), 0.1).sum() < b.sum()  # sigma is honoured
+    masks = [_disk((64, 80), 18), _disk((48, 48), 10), _disk((70, 60), 25)]
+    res = attention_quality({"centre_blob": blob_maps(masks, 0.2)}, masks)
+    mean = res["mean"]["centre_blob"]
+    assert mean["jaccard"] > 0.3 and mean["pointing_game"] == 1.0
+    for r, mk in zip(res["per_image"], masks):
+        assert r["energy_inside"] > mk.mean()  # better than a flat map would do
+
+
+def test_attention_quality_table() -> None:
+    rng = np.random.default_rng(2)
+    masks = [_disk((40, 40), 8), _disk((30, 50), 6)]
+    maps = {"attention:pool3": [rng.random((8, 8)) for _ in masks],
+            "gradcam": torch.rand(2, 1, 4, 4)}  # (N,1,h,w) tensors work as well
+    res = attention_quality(maps, masks, image_ids=["a", "b"])
+    assert len(res["per_image"]) == 4
+    assert {r["method"] for r in res["per_image"]} == set(maps)
+    assert set(res["mean"]) == set(maps)
+    m = res["mean"]["attention:pool3"]
+    rows = [r for r in res["per_image"] if r["method"] == "attention:pool3"]
+    assert m["jaccard"] == pytest.approx(np.mean([r["jaccard"] for r in rows]))
+    assert len(m["jaccard_curve"]) == 19 and m["n_images"] == 2
+    assert res["order_rule"] == ORDER_RULE and res["thresholds"][0] == 0.05 and res["thresholds"][-1] == 0.95
+    with pytest.raises(AttnMelError):
+        attention_quality({"x": [rng.random((4, 4))]}, masks)
+    with pytest.raises(AttnMelError):
+        attention_quality({"x": [rng.random((4, 4))]}, [np.ones((4, 4), np.uint8)])
+
+
+# --- model-based maps ------------------------------------------------------------------------
+
+def _non_constant(maps: torch.Tensor) -> bool:
+    flat = maps.flatten(1)
+    return bool(((flat.max(1).values - flat.min(1).values) > 0).all())
+
+
+def test_attention_maps_shapes(model_and_images) -> None:
+    model, x = model_and_images
+    maps = attention_maps(model, x)
+    assert set(maps) == set(model.attention_layers)
+    assert maps["pool3"].shape == (3, 16, 16) and maps["pool4"].shape == (3, 8, 8)
+    assert not maps["pool3"].requires_grad
+
+
+def test_gradcam_shape_nonconstant_and_mode_restored(model_and_images) -> None:
+    model, x = model_and_images
+    model.train()
+    g = gradcam_maps(model, x, target="melanoma", melanoma_index=1)
+    assert model.training  # restored
+    assert g.shape == (3, 16, 16) and _non_constant(g) and (g >= 0).all()
+    g0 = gradcam_maps(model, x, target=0)
+    assert not torch.allclose(g0, g)  # the target is honoured
+    gp = gradcam_maps(model, x, target="predicted")
+    assert gp.shape == (3, 16, 16)
+    assert all(p.grad is None for p in model.parameters())  # no gradient left on the weights
+
+
+def test_integrated_gradients_shape_and_batching(model_and_images) -> None:
+    model, x = model_and_images
+    ig = integrated_gradients_maps(model, x, n_steps=8, internal_batch_size=5)
+    assert ig.shape == (3, 32, 32) and _non_constant(ig) and (ig >= 0).all()
+    ig_all = integrated_gradients_maps(model, x, n_steps=8, internal_batch_size=None)
+    torch.testing.assert_close(ig, ig_all, rtol=1e-4, atol=1e-6)
+
+
+def test_cam_and_explain_batch(model_and_images) -> None:
+    model, x = model_and_images
+    cam = cam_maps(model, x, target="predicted")
+    assert cam.shape == (3, 16, 16) and _non_constant(cam)
+    pred = model.eval()(x).logits.argmax(1)
+    full = model.class_activation_map(x).detach()
+    torch.testing.assert_close(cam, full[torch.arange(3), pred])
+    with pytest.raises(AttnMelError):
+        cam_maps(NoCam(), x)
+    out = explain_batch(model, x, methods=("attention", "gradcam", "ig", "cam"), ig_steps=4)
+    assert set(out) == {"attention:pool3", "attention:pool4", "gradcam", "ig", "cam"}
+    masks = [_disk((32, 32), 8)] * 3
+    res = attention_quality({k: list(v) for k, v in out.items()}, masks)
+    assert set(res["mean"]) == set(out)
+    with pytest.raises(AttnMelError):
+        explain_batch(model, x, methods=("lime",))
