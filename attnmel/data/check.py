@@ -1,0 +1,192 @@
+"""``attnmel data check``: verify a download and show what was found, per split and class.
+
+Every file is opened (images fully decoded, masks checked against their image's size), so this is the
+slow, thorough counterpart of the cheap readers.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from attnmel.data.readers import DATASETS, NUM_CLASSES, SEGMENTATION_ONLY, read_split
+from attnmel.data.readers._common import NO_IMAGE, NO_LABEL, check_root
+from attnmel.data.readers.validate import inspect_all
+from attnmel.data.samples import SPLITS
+from attnmel.errors import AttnMelError
+
+
+@dataclass
+class SplitCheck:
+    """What one split holds; ``error`` is set (and the rest empty) when the split cannot be read at all."""
+
+    split: str
+    class_names: list[str] = field(default_factory=list)
+    images: dict[str, int] = field(default_factory=dict)  # readable images per class
+    with_masks: dict[str, int] = field(default_factory=dict)
+    with_dermo: dict[str, int] = field(default_factory=dict)
+    images_without_masks: list[str] = field(default_factory=list)
+    labels_without_images: list[str] = field(default_factory=list)
+    images_without_labels: list[str] = field(default_factory=list)
+    unreadable: list[str] = field(default_factory=list)  # one-line messages naming the file
+    nonbinary_masks: list[str] = field(default_factory=list)
+    error: str | None = None
+
+    @property
+    def total(self) -> int:
+        return sum(self.images.values())
+
+    def problems(self) -> list[str]:
+        """What makes the download incomplete or inconsistent (partial masks count; no masks at all do not)."""
+        if self.error:
+            return [self.error]
+        out = [f"{self.split}: {msg}" for msg in self.unreadable]
+        if self.labels_without_images:
+            out.append(f"{self.split}: {len(self.labels_without_images)} label(s) without image "
+                       f"({_few(self.labels_without_images)})")
+        if self.images_without_labels:
+            out.append(f"{self.split}: {len(self.images_without_labels)} image(s) without label "
+                       f"({_few(self.images_without_labels)})")
+        masked = sum(self.with_masks.values())
+        if 0 < masked < self.total:
+            out.append(f"{self.split}: {len(self.images_without_masks)} image(s) without mask "
+                       f"({_few(self.images_without_masks)})")
+        return out
+
+
+@dataclass
+class CheckResult:
+    """The table ``check`` prints: one :class:`SplitCheck` per split."""
+
+    dataset: str
+    root: Path
+    splits: list[SplitCheck]
+
+    def rows(self) -> list[dict[str, Any]]:
+        """One row per split x class: ``split, class, images, with_masks, with_dermo``."""
+        return [{"split": s.split, "class": c, "images": s.images.get(c, 0), "with_masks": s.with_masks.get(c, 0),
+                 "with_dermo": s.with_dermo.get(c, 0)} for s in self.splits for c in s.class_names]
+
+    def problems(self) -> list[str]:
+        return [p for s in self.splits for p in s.problems()]
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems()
+
+
+def _few(items: list[str], k: int = 3) -> str:
+    return ", ".join(Path(i).name for i in items[:k]) + (", ..." if len(items) > k else "")
+
+
+def check_split(dataset: str, root: Path, split: str, num_classes: int, **opts: Any) -> SplitCheck:
+    """Read one split and open every file of it."""
+    out = SplitCheck(split)
+    try:
+        index = read_split(dataset, root, split, num_classes=num_classes, **opts)
+    except AttnMelError as e:
+        out.error = f"{split}: {e}"
+        return out
+    out.class_names = list(index.class_names)
+    for key, reason in index.skipped:
+        if reason.startswith(NO_IMAGE):
+            out.labels_without_images.append(key)
+        elif reason.startswith(NO_LABEL):
+            out.images_without_labels.append(key)
+        else:
+            out.unreadable.append(f"{key}: {reason}")
+    for c in out.class_names:
+        out.images[c] = out.with_masks[c] = out.with_dermo[c] = 0
+    for sample, res in zip(index.samples, inspect_all(index.samples)):
+        if res.image_error:
+            out.unreadable.append(res.image_error)
+            continue
+        name = out.class_names[sample.label]
+        out.images[name] += 1
+        if res.mask_error:
+            out.unreadable.append(res.mask_error)
+        elif sample.mask is not None:
+            out.with_masks[name] += 1
+            if res.mask_nonbinary:
+                out.nonbinary_masks.append(str(sample.mask))
+        if sample.mask is None:
+            out.images_without_masks.append(sample.image_id)
+        if res.dermo_error:
+            out.unreadable.append(res.dermo_error)
+        elif sample.dermo is not None:
+            out.with_dermo[name] += 1
+    return out
+
+
+def check_dataset(dataset: str, root: str | Path, **opts: Any) -> CheckResult:
+    """Check every split of a dataset folder with the most detailed class list the dataset has.
+
+    A missing or empty root, or an unknown dataset name, raises :class:`AttnMelError`; a problem confined to
+    one split (a missing folder, a malformed CSV) is recorded in that split's row instead.
+    """
+    if dataset not in DATASETS:
+        raise AttnMelError(f"unknown dataset {dataset!r} (known: {', '.join(DATASETS)})")
+    root = check_root(root)
+    # The richest class list shows most, but synthetic data has no seborrheic keratoses to show.
+    k = 2 if dataset == "synthetic" else max(NUM_CLASSES[dataset])
+    opts.pop("validate", None)  # check opens every file itself, collecting rather than stopping
+    # The readers' warnings say what the table says; keep the output to the table.
+    data_log = logging.getLogger("attnmel.data")
+    level = data_log.level
+    data_log.setLevel(logging.ERROR)
+    try:
+        splits = [check_split(dataset, root, s, k, **opts) for s in SPLITS]
+    finally:
+        data_log.setLevel(level)
+    return CheckResult(dataset, root, splits)
+
+
+def render_check(result: CheckResult, console: Any = None) -> None:
+    """Print the table and the list of problems with ``rich``."""
+    from rich.console import Console
+    from rich.table import Table
+
+    console = console or Console()
+    labelled = result.dataset not in SEGMENTATION_ONLY
+    table = Table(title=f"{result.dataset}: {result.root}")
+    table.add_column("split")
+    table.add_column("class" if labelled else "")
+    for col in ("images", "with masks", "with dermo"):
+        table.add_column(col, justify="right")
+    for s in result.splits:
+        if s.error:
+            table.add_row(s.split, "[red]error (below)[/red]", "-", "-", "-")
+            continue
+        for c in s.class_names if labelled else s.class_names[:1]:
+            n = s.images[c] if labelled else s.total
+            m = s.with_masks[c] if labelled else sum(s.with_masks.values())
+            d = s.with_dermo[c] if labelled else sum(s.with_dermo.values())
+            table.add_row(s.split, c if labelled else "", str(n), str(m), str(d))
+        table.add_section()
+    console.print(table)
+    for s in result.splits:
+        if s.error:
+            continue
+        console.print(f"{s.split}: {s.total} images | without masks {len(s.images_without_masks)} | "
+                      f"labels without images {len(s.labels_without_images)} | "
+                      f"without labels {len(s.images_without_labels)} | unreadable {len(s.unreadable)}",
+                      markup=False, highlight=False)
+        if s.nonbinary_masks:
+            console.print(f"{s.split}: {len(s.nonbinary_masks)} mask(s) not strictly 0/255 (thresholded at > 128): "
+                          f"{_few(s.nonbinary_masks)}", markup=False, highlight=False)
+    problems = result.problems()
+    if problems:
+        console.print(f"[bold red]{len(problems)} problem(s):[/bold red]")
+        for p in problems:
+            console.print(f"  {p}", markup=False, highlight=False)
+    else:
+        console.print("[green]ok[/green]: every image, label and mask was read")
+
+
+def run_check(dataset: str, root: str | Path, console: Any = None, **opts: Any) -> int:
+    """Check and print; exit status 0 when nothing is wrong, 1 when problems were found."""
+    result = check_dataset(dataset, root, **opts)
+    render_check(result, console)
+    return 0 if result.ok else 1

@@ -1,0 +1,87 @@
+"""Dataset readers: a folder as users download it -> a :class:`~attnmel.data.samples.DatasetIndex`.
+
+``read_split(dataset, root, split, num_classes=2, **opts)`` is the one entry point. Readers list files and
+parse label CSVs only (cheap); ``validate=True`` also opens every image, mask and dermoscopic-feature file.
+
+Options (``opts``); a reader ignores those that do not apply to its dataset:
+  validate       open every file (full decode; mask size vs image size); unreadable images are skipped
+  val_fraction   isic2016 / ham10000: share of the drawn validation split (default 0.2)
+  test_fraction  ham10000: share of the drawn test split (default 0.2)
+  seed           isic2016 / ham10000: seed of the drawn split (default 0). Not the run seed: the split is
+                 written to disk and shared by every run
+  cache_dir      where a drawn split is written when the dataset root is read-only
+"""
+
+from __future__ import annotations
+
+import inspect
+import json
+from pathlib import Path
+from typing import Any, Callable
+
+from attnmel.data.readers import ham10000, isic2016, isic2017, isic2018
+from attnmel.data.readers.validate import validate_index
+from attnmel.data.samples import SPLITS, DatasetIndex
+from attnmel.errors import AttnMelError, file_error
+
+DATASETS = ("synthetic", "isic2017", "isic2016", "ham10000", "isic2018_task1")
+
+# The class counts each dataset supports (the first is the default, melanoma vs rest).
+NUM_CLASSES: dict[str, tuple[int, ...]] = {
+    "synthetic": (2, 3),
+    "isic2017": (2, 3),
+    "isic2016": (2,),
+    "ham10000": (2, 7),
+    "isic2018_task1": (2, 1),
+}
+
+# Datasets without class labels: for segmentation only.
+SEGMENTATION_ONLY = frozenset({"isic2018_task1"})
+
+OPTIONS = ("validate", "val_fraction", "test_fraction", "seed", "cache_dir")
+
+
+def _synthetic(root: str | Path, split: str, num_classes: int = 2) -> DatasetIndex:
+    from attnmel.data.synthetic import MARKER
+
+    root_path = Path(root).expanduser()
+    if not root_path.is_dir() or not any(root_path.iterdir()):
+        what = "dataset folder is empty" if root_path.is_dir() else "dataset folder not found"
+        raise file_error(root_path, f"{what} (make it with `attnmel data synth --out {root_path}`)")
+    marker = root_path / MARKER
+    if marker.is_file():
+        try:
+            complete = json.loads(marker.read_text(encoding="utf-8")).get("complete", False)
+        except (json.JSONDecodeError, UnicodeDecodeError, AttributeError):
+            complete = False
+        if not complete:
+            raise file_error(root_path, "synthetic dataset is incomplete (its generation was interrupted): "
+                                        f"run `attnmel data synth --out {root_path}` again")
+    return isic2017.read(root, split, num_classes, dataset="synthetic")
+
+
+_READERS: dict[str, Callable[..., DatasetIndex]] = {
+    "synthetic": _synthetic,
+    "isic2017": isic2017.read,
+    "isic2016": isic2016.read,
+    "ham10000": ham10000.read,
+    "isic2018_task1": isic2018.read,
+}
+
+
+def read_split(dataset: str, root: str | Path, split: str, num_classes: int = 2, **opts: Any) -> DatasetIndex:
+    """Index one split (``train``, ``val``, ``test``) of a dataset folder; see the module doc for ``opts``."""
+    if dataset not in _READERS:
+        raise AttnMelError(f"unknown dataset {dataset!r} (known: {', '.join(DATASETS)})")
+    if split not in SPLITS:
+        raise AttnMelError(f"unknown split {split!r} (known: {', '.join(SPLITS)})")
+    unknown = sorted(set(opts) - set(OPTIONS))
+    if unknown:
+        raise AttnMelError(f"unknown reader option{'s' if len(unknown) > 1 else ''} {', '.join(unknown)} "
+                           f"(known: {', '.join(OPTIONS)})")
+    validate = bool(opts.pop("validate", False))
+    reader = _READERS[dataset]
+    accepted = inspect.signature(reader).parameters
+    kwargs = {k: v for k, v in opts.items() if k in accepted and v is not None}
+    index = reader(root, split, int(num_classes), **kwargs)
+    return validate_index(index) if validate else index

@@ -1,0 +1,75 @@
+"""ISIC 2017 (and the synthetic set, written in the same layout).
+
+```
+ROOT/ISIC-2017_<S>_Data/ISIC_<id>.jpg              (+ ISIC_<id>_superpixels.png, *_metadata.csv: not images)
+ROOT/ISIC-2017_<S>_Part1_GroundTruth/ISIC_<id>_segmentation.png
+ROOT/ISIC-2017_<S>_Part2_GroundTruth/ISIC_<id>_features.json
+ROOT/ISIC-2017_<S>_Part3_GroundTruth.csv           image_id,melanoma,seborrheic_keratosis (0.0/1.0)
+```
+with ``<S>`` = Training / Validation / Test_v2 (or Test).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from attnmel.data.readers._common import (
+    BINARY_CLASSES,
+    assemble,
+    binary_value,
+    check_num_classes,
+    check_root,
+    find_dir,
+    find_file,
+    list_images,
+    list_suffixed,
+    missing_folder,
+    read_table,
+    unique_ids,
+)
+from attnmel.data.samples import DatasetIndex
+from attnmel.errors import file_error
+
+SPLIT_TAGS = {"train": ("Training",), "val": ("Validation",), "test": ("Test_v2", "Test")}
+CLASSES_3 = ["nevus", "melanoma", "seborrheic_keratosis"]
+
+
+def read(root: str | Path, split: str, num_classes: int = 2, dataset: str = "isic2017") -> DatasetIndex:
+    """Index one split of an ISIC 2017 download (no decoding)."""
+    check_num_classes(dataset, num_classes, (2, 3))
+    root = check_root(root)
+    tags = SPLIT_TAGS[split]
+    data_dir = find_dir(root, [f"ISIC-2017_{t}_Data" for t in tags])
+    if data_dir is None:
+        raise missing_folder(root, f"ISIC-2017_{tags[0]}_Data", split, "ISIC-2017_", "ISIC 2017")
+    csv_path = find_file(root, [f"ISIC-2017_{t}_Part3_GroundTruth.csv" for t in tags])
+    if csv_path is None:
+        raise file_error(root / f"ISIC-2017_{tags[0]}_Part3_GroundTruth.csv",
+                         f"file not found (the labels of the {split} split)")
+    labels = read_labels(csv_path, num_classes)
+    images = list_images(data_dir)
+    mask_dir = find_dir(root, [f"ISIC-2017_{t}_Part1_GroundTruth" for t in tags])
+    masks = list_suffixed(mask_dir, "_segmentation", ".png")
+    dermo_dir = find_dir(root, [f"ISIC-2017_{t}_Part2_GroundTruth" for t in tags])
+    dermo = {}
+    if dermo_dir is not None:
+        superpixels = list_suffixed(data_dir, "_superpixels", ".png")
+        features = list_suffixed(dermo_dir, "_features", ".json")
+        dermo = {k: (features[k], superpixels[k]) for k in features.keys() & superpixels.keys()}
+    class_names = BINARY_CLASSES if num_classes == 2 else CLASSES_3
+    return assemble(dataset, split, class_names, labels, images, csv_path, data_dir, masks=masks, dermo=dermo,
+                    unlabelled=images.keys() - labels.keys())
+
+
+def read_labels(csv_path: Path, num_classes: int) -> dict[str, int]:
+    """Part 3 ground truth: K=2 melanoma vs rest; K=3 nevus 0, melanoma 1, seborrheic keratosis 2."""
+    table = read_table(csv_path, ["image_id", "melanoma", "seborrheic_keratosis"])
+    unique_ids(csv_path, ((ln, row["image_id"]) for ln, row in table.rows))
+    labels: dict[str, int] = {}
+    for lineno, row in table.rows:
+        mel = binary_value(csv_path, lineno, "melanoma", row["melanoma"])
+        sk = binary_value(csv_path, lineno, "seborrheic_keratosis", row["seborrheic_keratosis"])
+        if mel and sk:
+            raise file_error(csv_path, f"line {lineno}: {row['image_id']} is both melanoma and seborrheic_keratosis")
+        labels[row["image_id"]] = mel if num_classes == 2 else (1 if mel else 2 if sk else 0)
+    return labels

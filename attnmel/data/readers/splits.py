@@ -1,0 +1,130 @@
+"""Splits the datasets do not ship (ISIC 2016 validation, HAM10000 train/val/test): drawn once, kept on disk.
+
+The drawn assignment is written as a small CSV (``<key column>,split``) in the dataset root, or, when the
+root is read-only, in a cache folder. Every later run reads the file, so all runs share one split; a user
+may edit it. The file name carries the draw's parameters when they are not the defaults, so asking for
+another fraction or seed gives (and keeps) another split instead of silently reusing the wrong one.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+from pathlib import Path
+from typing import Callable, Iterable, Mapping
+
+import numpy as np
+
+from attnmel.data.readers._common import read_table
+from attnmel.errors import AttnMelError, file_error
+from attnmel.io import write_text
+
+log = logging.getLogger("attnmel.data")
+
+
+def split_file_name(stem: str, params: Mapping[str, float | int], defaults: Mapping[str, float | int]) -> str:
+    """``<stem>.csv`` for the default parameters, else ``<stem>_<k><v>..csv``."""
+    if all(params[k] == defaults[k] for k in defaults):
+        return f"{stem}.csv"
+    tag = "_".join(f"{k}{params[k]:g}" for k in defaults)
+    return f"{stem}_{tag}.csv"
+
+
+def cache_folder(root: Path, cache_dir: str | Path | None) -> Path:
+    """Where a split goes when ``root`` is read-only: one sub-folder per dataset root."""
+    base = Path(cache_dir) if cache_dir else Path(os.environ.get("ATTNMEL_CACHE_DIR", "~/.cache/attnmel"))
+    digest = hashlib.sha1(str(root.resolve()).encode()).hexdigest()[:12]
+    return base.expanduser() / "splits" / f"{root.name}-{digest}"
+
+
+def stratified_assign(keys_by_class: Mapping[int, Iterable[str]], fractions: Mapping[str, float],
+                      seed: int, rest: str = "train") -> dict[str, str]:
+    """Assign keys to splits class by class: ``round(n * fraction)`` of each class to each named split.
+
+    Keys are sorted before shuffling so the result depends only on the keys and the seed, not on the
+    order files were listed in. A class with at least two keys left gives each non-empty fraction at
+    least one key, so a small validation split still sees every class.
+    """
+    rng = np.random.default_rng(seed)
+    out: dict[str, str] = {}
+    for cls in sorted(keys_by_class):
+        keys = sorted(keys_by_class[cls])
+        order = [keys[i] for i in rng.permutation(len(keys))]
+        start = 0
+        for name, frac in fractions.items():
+            k = int(np.floor(len(keys) * frac + 0.5))
+            if frac > 0 and k == 0 and len(keys) - start >= 2:
+                k = 1
+            k = min(k, max(0, len(keys) - start - 1))  # keep at least one for the rest split
+            for key in order[start:start + k]:
+                out[key] = name
+            start += k
+        for key in order[start:]:
+            out[key] = rest
+    return out
+
+
+def check_fraction(name: str, value: float) -> float:
+    try:
+        value = float(value)
+    except (TypeError, ValueError):
+        raise AttnMelError(f"{name} must be a number between 0 and 1 (got {value!r})") from None
+    if not 0.0 < value < 1.0:
+        raise AttnMelError(f"{name} must be between 0 and 1, exclusive (got {value})")
+    return value
+
+
+def persisted_split(root: Path, file_name: str, key_column: str, keys: Iterable[str], allowed: Iterable[str],
+                    draw: Callable[[], dict[str, str]], source: Path,
+                    cache_dir: str | Path | None = None) -> tuple[dict[str, str], Path]:
+    """The split assignment ``key -> split`` and the file it lives in: read if written before, else drawn.
+
+    ``keys``: every key the file must cover (from ``source``, the label file, named in errors).
+    """
+    keys = set(keys)
+    allowed = tuple(allowed)
+    for path in (root / file_name, cache_folder(root, cache_dir) / file_name):
+        if path.is_file():
+            return _read_split(path, key_column, keys, allowed, source), path
+    assignment = draw()
+    text = f"{key_column},split\n" + "".join(f"{k},{assignment[k]}\n" for k in sorted(assignment))
+    path = root / file_name
+    try:
+        write_text(path, text)
+    except OSError:
+        path = cache_folder(root, cache_dir) / file_name
+        try:
+            write_text(path, text)
+        except OSError as e:
+            raise file_error(path, f"cannot write the drawn split here or in {root} ({e.strerror})") from None
+        log.info("%s is read-only: split written to %s", root, path)
+    counts = {name: sum(v == name for v in assignment.values()) for name in allowed}
+    log.info("drew a new split (%s) and wrote it to %s", ", ".join(f"{k} {v}" for k, v in counts.items()), path)
+    return assignment, path
+
+
+def _read_split(path: Path, key_column: str, keys: set[str], allowed: tuple[str, ...],
+                source: Path) -> dict[str, str]:
+    table = read_table(path, [key_column, "split"])
+    out: dict[str, str] = {}
+    first: dict[str, int] = {}
+    for lineno, row in table.rows:
+        key, split = row[key_column], row["split"].lower()
+        if not key:
+            raise file_error(path, f"line {lineno}: empty {key_column}")
+        if key in first:
+            raise file_error(path, f"line {lineno}: duplicate {key_column} {key} (first on line {first[key]})")
+        if key not in keys:
+            raise file_error(path, f"line {lineno}: unknown {key_column} {key} (not in {source.name}); "
+                                   f"delete this file to draw a new split")
+        if split not in allowed:
+            raise file_error(path, f"line {lineno}: split {row['split']!r} is not one of {', '.join(allowed)}")
+        first[key] = lineno
+        out[key] = split
+    missing = sorted(keys - out.keys())
+    if missing:
+        more = ", ..." if len(missing) > 3 else ""
+        raise file_error(path, f"{len(missing)} {key_column}(s) of {source.name} are not assigned a split "
+                               f"({', '.join(missing[:3])}{more}); delete this file to draw a new split")
+    return out
