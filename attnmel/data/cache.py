@@ -1,0 +1,424 @@
+"""The preprocessing cache: each image decoded once, base-preprocessed, and kept as ``uint8`` memmaps.
+
+ISIC JPEGs are up to several thousand pixels a side; decoding them every epoch dominates a CPU run. One
+pass decodes every image of a split (JPEGs in draft mode, at the smallest power-of-two reduction that still
+leaves ``resize`` pixels across the crop), applies the base step of :mod:`attnmel.data.transforms` and
+writes ``images.npy`` (N, R, R, 3), ``masks.npy`` / ``dermo.npy`` (N, R, R) into a folder under
+``data.cache_dir`` that later runs open with ``mmap_mode="r"``.
+
+The folder name carries a hash of the dataset, split, base spec and every source file's path, size and
+mtime: editing, replacing or touching any image or mask gives a new key, so the old cache is never used
+again (and is deleted once its replacement is complete). Builds go to a hidden temporary folder that is
+renamed into place only when complete, under a file lock, so a crash or a concurrent run never leaves a
+half-written cache that is later trusted.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import re
+import shutil
+import time
+import uuid
+from collections import deque
+from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import contextmanager
+from dataclasses import dataclass
+from itertools import islice
+from pathlib import Path
+from typing import Callable, Iterable, Iterator, Sequence, TypeVar
+
+import numpy as np
+
+from attnmel.data.images import image_size, load_dermo_mask, load_image, load_mask
+from attnmel.data.samples import Sample
+from attnmel.data.transforms import BaseSpec, base_preprocess, crop_box, draft_min_side
+from attnmel.errors import AttnMelError, file_error
+
+log = logging.getLogger("attnmel.data")
+
+CACHE_VERSION = 1  # bump when base_preprocess changes its output: old caches then stop matching
+
+Arrays = tuple[np.ndarray, "np.ndarray | None", "np.ndarray | None"]
+
+
+# --------------------------------------------------------------------------------------------- sources
+
+
+@dataclass(frozen=True)
+class SourceFiles:
+    """The files one preprocessed item is made from.
+
+    ``mask``: the lesion mask that goes into the batch (the dataset's own, else a predicted one from
+    ``data.masks``). ``crop_mask``: the mask ``data.crop_to_mask`` crops to (a predicted one where given:
+    segment-then-classify uses the segmenter's output, else the dataset's).
+    """
+
+    image_id: str
+    image: Path
+    mask: Path | None = None
+    mask_predicted: bool = False
+    crop_mask: Path | None = None
+    crop_mask_predicted: bool = False
+    dermo: tuple[Path, Path] | None = None
+
+    def files(self) -> list[Path]:
+        out = [self.image]
+        for p in (self.mask, self.crop_mask):
+            if p is not None:
+                out.append(p)
+        if self.dermo is not None:
+            out.extend(self.dermo)
+        return out
+
+
+def predicted_masks(masks_dir: str | Path) -> dict[str, Path]:
+    """``image_id -> mask file`` for a folder of ``<image_id>_segmentation.png`` / ``<image_id>.png``
+    (case-insensitive suffix)."""
+    masks_dir = Path(masks_dir)
+    if not masks_dir.is_dir():
+        raise file_error(masks_dir, "data.masks: folder of masks not found")
+    found: dict[str, Path] = {}
+    for p in sorted(masks_dir.iterdir()):
+        if p.suffix.lower() != ".png" or p.name.startswith("."):
+            continue
+        stem = p.stem
+        if stem.lower().endswith("_segmentation"):
+            found[stem[: -len("_segmentation")]] = p
+        else:
+            found.setdefault(stem, p)  # `<id>_segmentation.png` wins over `<id>.png`
+    return found
+
+
+def resolve_sources(samples: Sequence[Sample], masks_dir: str | Path | None = None,
+                    spec: BaseSpec | None = None) -> list[SourceFiles]:
+    """Pair every sample with its files, filling in predicted masks from ``masks_dir`` where the dataset
+    has none. With ``spec.crop_to_mask`` set, every sample must end up with a mask to crop to."""
+    predicted = predicted_masks(masks_dir) if masks_dir else {}
+    out = []
+    for s in samples:
+        pred = predicted.get(s.image_id)
+        mask, mask_pred = (s.mask, False) if s.mask is not None else (pred, pred is not None)
+        crop, crop_pred = (pred, True) if pred is not None else (s.mask, False)
+        if spec is not None and spec.crop_to_mask and crop is None:
+            where = f" (looked in {masks_dir})" if masks_dir else " (give data.masks=<folder of predicted masks>)"
+            raise file_error(s.image, f"data.crop_to_mask={spec.crop_to_mask} needs a lesion mask for "
+                                      f"{s.image_id} and there is none{where}")
+        out.append(SourceFiles(s.image_id, Path(s.image), mask, mask_pred, crop if spec and spec.crop_to_mask else None,
+                               crop_pred, s.dermo))
+    return out
+
+
+def _load_any_mask(path: Path, predicted: bool, W: int, H: int) -> np.ndarray:
+    if not predicted:
+        return load_mask(path, expected_hw=(H, W))
+    m = load_mask(path)
+    # A segmenter may write masks at its own resolution; the base step maps them by relative position,
+    # which is only right when the aspect ratio is the image's.
+    mh, mw = m.shape
+    if abs(mw / mh - W / H) > 0.02 * (W / H):
+        raise file_error(path, f"predicted mask is {mw}x{mh} but its image is {W}x{H} (width x height): "
+                               "aspect ratios differ")
+    return m
+
+
+def load_preprocessed(src: SourceFiles, spec: BaseSpec) -> Arrays:
+    """Decode one item and apply the base step: image uint8 (R, R, 3), mask and dermo uint8 (R, R) or None.
+
+    This is both what the cache stores and what an uncached dataset computes per item.
+    """
+    W, H = image_size(src.image)
+    mask = _load_any_mask(src.mask, src.mask_predicted, W, H) if src.mask is not None else None
+    if src.crop_mask is None:
+        crop = None
+    elif src.crop_mask == src.mask:
+        crop = mask
+    else:
+        crop = _load_any_mask(src.crop_mask, src.crop_mask_predicted, W, H)
+    dermo = load_dermo_mask(src.dermo[0], src.dermo[1], expected_hw=(H, W)) if src.dermo is not None else None
+    box = crop_box(W, H, spec, crop if spec.crop_to_mask else None)
+    image = load_image(src.image, draft_min_side=draft_min_side(W, H, box, spec.resize))
+    return base_preprocess(image, (W, H), spec, mask=mask, dermo=dermo,
+                           crop_mask=crop if spec.crop_to_mask else None)
+
+
+class DecodeSource:
+    """Uncached base arrays: decodes and preprocesses on every access (``data.cache: false``)."""
+
+    def __init__(self, sources: Sequence[SourceFiles], spec: BaseSpec) -> None:
+        self.sources, self.spec = list(sources), spec
+        self.has_mask = np.array([s.mask is not None for s in self.sources], dtype=bool)
+        self.has_dermo = np.array([s.dermo is not None for s in self.sources], dtype=bool)
+
+    def __len__(self) -> int:
+        return len(self.sources)
+
+    def get(self, i: int) -> Arrays:
+        return load_preprocessed(self.sources[i], self.spec)
+
+
+# ------------------------------------------------------------------------------------------------ keys
+
+
+def _stat(path: Path) -> list:
+    try:
+        st = path.stat()
+    except FileNotFoundError:
+        raise file_error(path, "file not found") from None
+    except OSError as e:
+        raise file_error(path, f"cannot read ({e.strerror})") from None
+    return [st.st_size, st.st_mtime_ns]
+
+
+def cache_keys(dataset: str, split: str, sources: Sequence[SourceFiles], spec: BaseSpec) -> tuple[str, str]:
+    """(identity, key): ``identity`` hashes what the cache is *of* (dataset, split, spec, file paths);
+    ``key`` adds every file's size and mtime, so any change to a source file changes it."""
+    head = {"v": CACHE_VERSION, "dataset": dataset, "split": split, "spec": spec.as_dict()}
+    ident_items, key_items = [], []
+    for s in sources:
+        paths = [str(p.resolve()) for p in s.files()]
+        flags = [s.mask is not None, s.mask_predicted, s.crop_mask is not None, s.dermo is not None]
+        ident_items.append([s.image_id, paths, flags])
+        key_items.append([s.image_id, paths, flags, [_stat(p) for p in s.files()]])
+    ident = hashlib.sha256(json.dumps({**head, "items": ident_items}).encode()).hexdigest()
+    key = hashlib.sha256(json.dumps({**head, "items": key_items}).encode()).hexdigest()
+    return ident, key
+
+
+def _safe(name: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.]+", "_", name)
+
+
+# ----------------------------------------------------------------------------------------------- cache
+
+
+class PreprocessCache:
+    """A complete cache folder: base arrays by item position, opened lazily (per process) as memmaps."""
+
+    def __init__(self, path: Path, meta: dict, built: bool) -> None:
+        self.path, self.meta, self.built = Path(path), meta, built
+        self.n = int(meta["n"])
+        self.ids: list[str] = list(meta["ids"])
+        self.has_mask = np.array(meta["has_mask"], dtype=bool)
+        self.has_dermo = np.array(meta["has_dermo"], dtype=bool)
+        self._arrays: dict[str, np.ndarray] | None = None
+        # Mapped now: forked DataLoader workers inherit the mapping, which stays readable even if a
+        # later run replaces this cache (a source file changed) while this one is still training.
+        self.arrays()
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __getstate__(self) -> dict:
+        # A pickled memmap is a full in-memory copy; spawned workers reopen the files instead.
+        state = self.__dict__.copy()
+        state["_arrays"] = None
+        return state
+
+    def arrays(self) -> dict[str, np.ndarray]:
+        """``{"images", "masks"?, "dermo"?}`` as read-only memmaps."""
+        if self._arrays is None:
+            arrs = {"images": np.load(self.path / "images.npy", mmap_mode="r")}
+            for name in ("masks", "dermo"):
+                if (self.path / f"{name}.npy").exists():
+                    arrs[name] = np.load(self.path / f"{name}.npy", mmap_mode="r")
+            self._arrays = arrs
+        return self._arrays
+
+    def get(self, i: int) -> Arrays:
+        a = self.arrays()
+        img = np.array(a["images"][i])
+        mask = np.array(a["masks"][i]) if self.has_mask[i] else None
+        dermo = np.array(a["dermo"][i]) if self.has_dermo[i] else None
+        return img, mask, dermo
+
+
+def _open_valid(path: Path, key: str) -> PreprocessCache | None:
+    """The cache at ``path`` if it is complete and built for ``key``; anything else is not trusted."""
+    try:
+        meta = json.loads((path / "meta.json").read_text(encoding="utf-8"))
+        if meta.get("key") != key or meta.get("complete") is not True:
+            return None
+        n, R = int(meta["n"]), int(meta["resize"])
+        shapes = {"images": (n, R, R, 3)}
+        if any(meta["has_mask"]):
+            shapes["masks"] = (n, R, R)
+        if any(meta["has_dermo"]):
+            shapes["dermo"] = (n, R, R)
+        for name, shape in shapes.items():
+            arr = np.load(path / f"{name}.npy", mmap_mode="r")
+            if arr.shape != shape or arr.dtype != np.uint8:
+                return None
+            del arr
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    return PreprocessCache(path, meta, built=False)
+
+
+@contextmanager
+def _file_lock(path: Path) -> Iterator[None]:
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - not POSIX: the atomic rename alone still keeps caches whole
+        yield
+        return
+    with open(path, "a+") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _remove_abandoned(cache_dir: Path, prefix: str) -> None:
+    """Temporary folders left by builds that crashed (their process is gone)."""
+    for p in cache_dir.glob(f".tmp-{prefix}*"):
+        m = re.search(r"-pid(\d+)-", p.name)
+        if m and not _pid_alive(int(m.group(1))):
+            shutil.rmtree(p, ignore_errors=True)
+
+
+T = TypeVar("T")
+U = TypeVar("U")
+
+
+def ordered_map(fn: Callable[[T], U], items: Iterable[T], workers: int) -> Iterator[U]:
+    """``map(fn, items)`` on a thread pool, in order, with a bounded number of items in flight
+    (PIL releases the GIL while decoding and resizing, so threads use every core)."""
+    if workers <= 1:
+        yield from map(fn, items)
+        return
+    it = iter(items)
+    ex = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="attnmel-cache")
+    try:
+        pending: deque[Future] = deque(ex.submit(fn, x) for x in islice(it, 3 * workers))
+        while pending:
+            result = pending.popleft().result()
+            for x in islice(it, 1):
+                pending.append(ex.submit(fn, x))
+            yield result
+    finally:
+        ex.shutdown(wait=True, cancel_futures=True)
+
+
+def default_workers() -> int:
+    """Decode threads for a cache build."""
+    return max(1, min(4, os.cpu_count() or 1))
+
+
+class _NoProgress:
+    """Stand-in for rich's Progress when it is off (rich's import alone costs ~0.1 s)."""
+
+    def __enter__(self) -> "_NoProgress":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        return None
+
+    def advance(self, task: int, advance: float = 1) -> None:
+        return None
+
+
+def _progress(enabled: bool, description: str, total: int):
+    if not enabled:
+        return _NoProgress(), 0
+    from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn,
+                               TimeRemainingColumn)
+
+    prog = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                    TimeRemainingColumn(), transient=False)
+    task = prog.add_task(description, total=total)
+    return prog, task
+
+
+def cache_folder_name(dataset: str, split: str, spec: BaseSpec, ident: str, key: str) -> str:
+    return f"{_safe(dataset)}-{_safe(split)}-r{spec.resize}-{ident[:10]}-{key[:16]}"
+
+
+def ensure_cache(dataset: str, split: str, sources: Sequence[SourceFiles], spec: BaseSpec,
+                 cache_dir: str | Path, progress: bool = True, workers: int | None = None) -> PreprocessCache:
+    """Open the split's cache, building it first if it is missing or stale.
+
+    The returned cache's ``built`` says whether this call built it. Items are in ``sources`` order.
+    """
+    sources = list(sources)
+    if not sources:
+        raise AttnMelError(f"{dataset} {split}: no images to preprocess")
+    cache_dir = Path(cache_dir)
+    try:
+        cache_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise file_error(cache_dir, f"data.cache_dir cannot be created ({e.strerror})") from None
+    ident, key = cache_keys(dataset, split, sources, spec)
+    name = cache_folder_name(dataset, split, spec, ident, key)
+    final = cache_dir / name
+    found = _open_valid(final, key)
+    if found is not None:
+        return found
+    family = name[: -len(key[:16])]  # same dataset/split/spec/files, any version of their contents
+    with _file_lock(cache_dir / f".{family}lock"):
+        found = _open_valid(final, key)  # another process may have finished it while we waited
+        if found is not None:
+            return found
+        _remove_abandoned(cache_dir, family)
+        if final.exists():  # incomplete or corrupt, e.g. written by hand or by an older layout
+            shutil.rmtree(final, ignore_errors=True)
+        tmp = cache_dir / f".tmp-{name}-pid{os.getpid()}-{uuid.uuid4().hex[:8]}"
+        tmp.mkdir()
+        try:
+            meta = _build(tmp, dataset, split, sources, spec, key, progress, workers or default_workers())
+            os.rename(tmp, final)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+        for old in cache_dir.glob(f"{family}*"):  # superseded versions of the same cache
+            if old != final and old.is_dir():
+                shutil.rmtree(old, ignore_errors=True)
+    return PreprocessCache(final, meta, built=True)
+
+
+def _build(tmp: Path, dataset: str, split: str, sources: list[SourceFiles], spec: BaseSpec, key: str,
+           progress: bool, workers: int) -> dict:
+    from numpy.lib.format import open_memmap
+
+    n, R = len(sources), spec.resize
+    has_mask = [s.mask is not None for s in sources]
+    has_dermo = [s.dermo is not None for s in sources]
+    images = open_memmap(tmp / "images.npy", mode="w+", dtype=np.uint8, shape=(n, R, R, 3))
+    masks = open_memmap(tmp / "masks.npy", mode="w+", dtype=np.uint8, shape=(n, R, R)) if any(has_mask) else None
+    dermo = open_memmap(tmp / "dermo.npy", mode="w+", dtype=np.uint8, shape=(n, R, R)) if any(has_dermo) else None
+    t0 = time.perf_counter()
+    prog, task = _progress(progress, f"caching {dataset} {split} ({n} images, {R}px)", n)
+    with prog:
+        results = ordered_map(lambda s: load_preprocessed(s, spec), sources, workers)
+        for i, (img, m, d) in enumerate(results):
+            images[i] = img
+            if m is not None:
+                masks[i] = m
+            if d is not None:
+                dermo[i] = d
+            prog.advance(task)
+    for arr in (images, masks, dermo):
+        if arr is not None:
+            arr.flush()
+    del images, masks, dermo
+    meta = {"version": CACHE_VERSION, "key": key, "dataset": dataset, "split": split, "n": n, "resize": R,
+            "spec": spec.as_dict(), "ids": [s.image_id for s in sources], "has_mask": has_mask,
+            "has_dermo": has_dermo, "build_seconds": round(time.perf_counter() - t0, 3), "complete": True}
+    # meta.json last: a folder without it is never trusted (see _open_valid).
+    (tmp / "meta.json").write_text(json.dumps(meta), encoding="utf-8")
+    log.info("cached %s %s: %d images in %.1fs", dataset, split, n, meta["build_seconds"])
+    return meta

@@ -1,0 +1,372 @@
+"""The LightningDataModule: readers -> preprocessing cache -> joint transforms -> batch dicts.
+
+Batches (see docs/DESIGN.md): ``image`` float (B, 3, H, W) normalised; ``label`` long (B,); ``mask`` float
+(B, 1, H, W) in {0, 1} when every image of the split has a lesion mask (the dataset's, or a predicted one
+from ``data.masks``); ``dermo`` likewise for dermoscopic-feature masks; ``image_id`` list[str]; ``index``
+long (B,) into the split's samples. Prediction batches (:meth:`AttnMelDataModule.predict_dataset`) have no
+``label``.
+
+Reproducibility: every DataLoader gets a ``torch.Generator`` seeded from the config's ``seed`` (shuffling
+and the per-worker base seeds come from it) and :func:`seed_worker` seeds numpy and ``random`` in each
+worker from its torch seed. Augmentation draws use the worker's torch RNG, or, with ``num_workers: 0``, a
+generator the dataset owns (seeded from ``seed``), so a run does not depend on what else used torch's
+global RNG.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import random
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+import pytorch_lightning as pl
+import torch
+from torch.utils.data import DataLoader, Dataset, get_worker_info
+
+from attnmel.data.cache import (DecodeSource, PreprocessCache, SourceFiles, ensure_cache, load_preprocessed,
+                                 predicted_masks, resolve_sources)
+from attnmel.data.samples import SPLITS, DatasetIndex
+from attnmel.data.transforms import BaseSpec, EvalTransform, TrainTransform, normalization_from_cfg
+from attnmel.errors import AttnMelError, file_error
+
+log = logging.getLogger("attnmel.data")
+
+DEFAULT_CLASS_NAMES = {
+    2: ["other", "melanoma"],
+    3: ["nevus", "melanoma", "seborrheic_keratosis"],
+    7: ["MEL", "NV", "BCC", "AKIEC", "BKL", "DF", "VASC"],
+}
+
+# Fallback when the regulariser registry is not importable: which batch mask a regulariser reads.
+_REGULARISER_TARGETS = {"lesion": "lesion", "background": "background", "bkg": "background", "dermo": "dermo"}
+
+
+def regulariser_target(name: str | None) -> str | None:
+    """The batch mask a regulariser reads ("lesion", "dermo", "background" or None)."""
+    if not name or str(name).lower() == "none":
+        return None
+    try:
+        from attnmel.losses.regularisers import REGULARISERS  # type: ignore[import-not-found]
+
+        if name in REGULARISERS:
+            return getattr(REGULARISERS[name], "target", None)
+    except ImportError:
+        pass
+    return _REGULARISER_TARGETS.get(str(name).lower())
+
+
+# ------------------------------------------------------------------------------------------ seeding
+
+
+def _rank() -> int:
+    for var in ("RANK", "SLURM_PROCID", "LOCAL_RANK"):
+        if os.environ.get(var, "").isdigit():
+            return int(os.environ[var])
+    return 0
+
+
+def seed_worker(worker_id: int) -> None:
+    """DataLoader ``worker_init_fn``: seed numpy and ``random`` from the worker's torch seed.
+
+    The DataLoader already gives each worker ``base_seed + worker_id`` (``base_seed`` drawn from the loader's
+    generator); under DDP the rank is folded in so ranks do not repeat each other's augmentations.
+    """
+    seed = torch.initial_seed()
+    rank = _rank()
+    if rank:
+        seed = (seed + 1_000_003 * rank) % (2**63)
+        torch.manual_seed(seed)
+    np.random.seed(seed % 2**32)
+    random.seed(seed)
+
+
+def make_loader(dataset: Dataset, batch_size: int, shuffle: bool, seed: int, num_workers: int,
+                drop_last: bool = False, pin_memory: bool = False) -> DataLoader:
+    """A DataLoader seeded from ``seed`` (sampler and worker seeds), persistent workers when > 0."""
+    gen = torch.Generator()
+    gen.manual_seed(int(seed))
+    kwargs: dict[str, Any] = {}
+    if num_workers > 0:
+        kwargs.update(persistent_workers=True, prefetch_factor=2)
+    return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle, num_workers=num_workers,
+                      worker_init_fn=seed_worker, generator=gen, drop_last=drop_last, pin_memory=pin_memory,
+                      **kwargs)
+
+
+# ------------------------------------------------------------------------------------------ datasets
+
+
+class AttnMelDataset(Dataset):
+    """Items of one split: ``rows[j]`` is the sample position behind dataset item ``j`` (repeats allowed,
+    for oversampling and several passes per epoch)."""
+
+    def __init__(self, index: DatasetIndex, source: PreprocessCache | DecodeSource,
+                 transform: TrainTransform | EvalTransform, rows: Sequence[int] | None = None,
+                 with_mask: bool = False, with_dermo: bool = False, seed: int = 0) -> None:
+        self.index, self.source, self.transform = index, source, transform
+        self.rows = np.asarray(rows if rows is not None else range(len(index.samples)), dtype=np.int64)
+        self.with_mask, self.with_dermo = with_mask, with_dermo
+        self.seed = int(seed)
+        self._gen: torch.Generator | None = None
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getstate__(self) -> dict:
+        state = self.__dict__.copy()
+        state["_gen"] = None
+        return state
+
+    def _generator(self) -> torch.Generator | None:
+        if get_worker_info() is not None:
+            return None  # the worker's torch RNG, seeded by the DataLoader
+        if self._gen is None:
+            self._gen = torch.Generator()
+            self._gen.manual_seed(self.seed)
+        return self._gen
+
+    def __getitem__(self, j: int) -> dict[str, Any]:
+        i = int(self.rows[j])
+        img, mask, dermo = self.source.get(i)
+        masks = {}
+        if self.with_mask:
+            masks["mask"] = mask
+        if self.with_dermo:
+            masks["dermo"] = dermo
+        out = self.transform(img, masks, generator=self._generator())
+        sample = self.index.samples[i]
+        out["label"] = torch.tensor(sample.label, dtype=torch.long)
+        out["image_id"] = sample.image_id
+        out["index"] = torch.tensor(i, dtype=torch.long)
+        return out
+
+
+class PredictDataset(Dataset):
+    """Arbitrary image files with the eval transform and no labels (``attnmel predict``)."""
+
+    def __init__(self, paths: Sequence[Path], spec: BaseSpec, transform: EvalTransform,
+                 masks_dir: str | Path | None = None) -> None:
+        self.paths = [Path(p) for p in paths]
+        self.spec, self.transform = spec, transform
+        pred = predicted_masks(masks_dir) if masks_dir else {}
+        self.sources = []
+        for p in self.paths:
+            m = pred.get(p.stem)
+            if spec.crop_to_mask and m is None:
+                where = f"in {masks_dir}" if masks_dir else "(give data.masks=<folder of predicted masks>)"
+                raise file_error(p, f"data.crop_to_mask={spec.crop_to_mask} needs a mask for {p.stem}, none found {where}")
+            self.sources.append(SourceFiles(p.stem, p, crop_mask=m if spec.crop_to_mask else None,
+                                            crop_mask_predicted=True))
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, i: int) -> dict[str, Any]:
+        img, _, _ = load_preprocessed(self.sources[i], self.spec)
+        out = self.transform(img, {})
+        out["image_id"] = self.sources[i].image_id
+        out["index"] = torch.tensor(i, dtype=torch.long)
+        return out
+
+
+def oversample_rows(labels: Sequence[int], positive: int, factor: int, repeats: int = 1) -> list[int]:
+    """Sample positions with every ``positive``-class row ``factor`` times, the whole list ``repeats`` times."""
+    factor, repeats = max(1, int(factor)), max(1, int(repeats))
+    rows = [i for i, y in enumerate(labels) for _ in range(factor if y == positive else 1)]
+    return rows * repeats
+
+
+# ------------------------------------------------------------------------------------------ module
+
+
+class AttnMelDataModule(pl.LightningDataModule):
+    """Train/val/test data for one config.
+
+    ``need_masks`` / ``need_dermo``: the training split must provide lesion / dermoscopic-feature masks
+    (an attention regulariser reads them); None derives them from ``loss.regulariser``. With
+    ``task: segmentation`` every split needs lesion masks. ``indexes`` injects ready-made
+    :class:`DatasetIndex` objects by split (tests, callers that filtered a split) instead of the readers.
+    """
+
+    def __init__(self, cfg: Mapping[str, Any], need_masks: bool | None = None, need_dermo: bool | None = None,
+                 indexes: Mapping[str, DatasetIndex] | None = None, progress: bool = True) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.data_cfg: Mapping[str, Any] = cfg["data"]
+        self.dataset_name: str = self.data_cfg["dataset"]
+        self.root = Path(self.data_cfg["root"])
+        self.seed = int(cfg.get("seed", 0) or 0)
+        self.progress = progress
+        self.regulariser = (cfg.get("loss") or {}).get("regulariser") or "none"
+        target = regulariser_target(self.regulariser)
+        self.need_masks = bool(target in ("lesion", "background")) if need_masks is None else bool(need_masks)
+        self.need_dermo = bool(target == "dermo") if need_dermo is None else bool(need_dermo)
+        self.segmentation = cfg.get("task") == "segmentation"
+        self.spec = BaseSpec.from_cfg(self.data_cfg)
+        self.mean, self.std = normalization_from_cfg(self.data_cfg)
+        self.image_size = int(self.data_cfg["image_size"])
+        self.masks_dir = Path(self.data_cfg["masks"]) if self.data_cfg.get("masks") else None
+        self._indexes: dict[str, DatasetIndex] = dict(indexes or {})
+        self._datasets: dict[str, AttnMelDataset] = {}
+        self._loaders: dict[str, DataLoader] = {}
+        self.predict_paths: list[Path] = []
+
+    # -------------------------------------------------------------------------------- reading
+    def prepare_data(self) -> None:
+        """Generate the synthetic set if it is configured and missing (rank 0 only under Lightning)."""
+        self._ensure_synthetic()
+
+    def _ensure_synthetic(self) -> None:
+        if self.dataset_name != "synthetic" or self.root.exists() or self._indexes:
+            return
+        from attnmel.data.synthetic import generate
+
+        syn = self.data_cfg.get("synthetic") or {}
+        log.info("generating the synthetic set in %s", self.root)
+        generate(self.root, n=int(syn.get("n", 600)), size=int(syn.get("size", 96)), seed=int(syn.get("seed", 0)),
+                 spurious=bool(syn.get("spurious", False)), progress=self.progress)
+
+    def index(self, split: str) -> DatasetIndex:
+        """The split's samples (read once)."""
+        if split not in SPLITS:
+            raise AttnMelError(f"unknown split '{split}' (known: {', '.join(SPLITS)})")
+        if split not in self._indexes:
+            self._ensure_synthetic()
+            from attnmel.data.readers import read_split
+
+            # The reader's own `seed` (of a drawn validation split) is left at its default on purpose: the
+            # split is shared by every run, whatever the run's seed.
+            self._indexes[split] = read_split(self.dataset_name, self.root, split,
+                                              num_classes=int(self.data_cfg["num_classes"]),
+                                              val_fraction=float(self.data_cfg.get("val_fraction", 0.2)),
+                                              cache_dir=self.data_cfg.get("cache_dir") or ".cache/attnmel")
+        return self._indexes[split]
+
+    @property
+    def class_names(self) -> list[str]:
+        """Class names of the data (from a read split; before any is read, the standard list for K)."""
+        for idx in self._indexes.values():
+            return list(idx.class_names)
+        k = int(self.data_cfg["num_classes"])
+        return list(DEFAULT_CLASS_NAMES.get(k, [str(i) for i in range(k)]))
+
+    @property
+    def melanoma_index(self) -> int:
+        """Column of the melanoma class (the positive class of the binary metrics)."""
+        return DatasetIndex(self.dataset_name, "", [], self.class_names).melanoma_index
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_names)
+
+    # -------------------------------------------------------------------------------- datasets
+    def _source(self, split: str, sources: list[SourceFiles]) -> PreprocessCache | DecodeSource:
+        if self.data_cfg.get("cache", True):
+            return ensure_cache(self.dataset_name, split, sources, self.spec, self.data_cfg.get("cache_dir") or
+                                ".cache/attnmel", progress=self.progress)
+        return DecodeSource(sources, self.spec)
+
+    def _check_masks(self, split: str, index: DatasetIndex, sources: list[SourceFiles], what: str) -> bool:
+        """Whether every item has the mask ``what`` ("mask" / "dermo"); raise if it is needed and missing."""
+        have = [(s.mask if what == "mask" else s.dermo) is not None for s in sources]
+        complete = bool(have) and all(have)
+        needed = (what == "mask" and (self.segmentation or (self.need_masks and split == "train"))) or \
+                 (what == "dermo" and self.need_dermo and split == "train")
+        if needed and not complete:
+            missing = len(have) - sum(have)
+            kind = "lesion masks" if what == "mask" else "dermoscopic-feature masks (ISIC 2017 Part 2)"
+            user = "task segmentation" if (what == "mask" and self.segmentation) else f"regulariser '{self.regulariser}'"
+            hint = ("; give data.masks=<folder of predicted masks> or set loss.regulariser=none" if what == "mask"
+                    else "; use isic2017 or another regulariser")
+            if what == "mask" and self.masks_dir is not None:
+                hint = f"; {self.masks_dir} does not have them all either"
+            raise file_error(self.root, f"dataset '{self.dataset_name}' has no {kind} for {missing} of {len(have)} "
+                                        f"{split} images, and {user} needs them{hint}")
+        return complete
+
+    def dataset(self, split: str, train: bool | None = None) -> AttnMelDataset:
+        """The split's dataset. ``train`` (default: ``split == "train"``): oversampling, repeats and the random
+        transform; otherwise the eval transform, one item per sample (``dataset("train", train=False)`` scores
+        the training images)."""
+        train = (split == "train") if train is None else bool(train)
+        name = split if train == (split == "train") else f"{split}:{'train' if train else 'eval'}"
+        if name in self._datasets:
+            return self._datasets[name]
+        index = self.index(split)
+        sources = resolve_sources(index.samples, self.masks_dir, self.spec)
+        with_mask = self._check_masks(split, index, sources, "mask")
+        with_dermo = self._check_masks(split, index, sources, "dermo")
+        source = self._source(split, sources)
+        if train:
+            rows = oversample_rows(index.labels(), index.melanoma_index, self.data_cfg.get("oversample", 1),
+                                   self.data_cfg.get("epoch_repeats", 1))
+            transform: TrainTransform | EvalTransform = TrainTransform(self.image_size, self.mean, self.std)
+        else:
+            rows = None
+            transform = EvalTransform(self.image_size, self.mean, self.std)
+        ds = AttnMelDataset(index, source, transform, rows, with_mask=with_mask, with_dermo=with_dermo,
+                            seed=self.seed + (0 if train else 1))
+        self._datasets[name] = ds
+        return ds
+
+    def require_masks(self, key: str, reason: str | None = None, split: str = "train") -> None:
+        """Raise a one-line error unless ``split``'s batches carry ``key`` ("mask"/"lesion"/"background" or
+        "dermo"); ``reason`` names what needs them (e.g. ``loss.regulariser=lesion``)."""
+        key = "dermo" if key == "dermo" else "mask"
+        ds = self.dataset(split)
+        if (ds.with_mask if key == "mask" else ds.with_dermo):
+            return
+        kind = "lesion masks" if key == "mask" else "dermoscopic-feature masks (ISIC 2017 Part 2)"
+        have = int((ds.source.has_mask if key == "mask" else ds.source.has_dermo).sum())
+        hint = "; give data.masks=<folder of predicted masks>" if key == "mask" else ""
+        raise file_error(self.root, f"dataset '{self.dataset_name}' has no {kind} for {len(ds.source) - have} of "
+                                    f"{len(ds.source)} {split} images, and {reason or 'the run'} needs them{hint}")
+
+    def setup(self, stage: str | None = None) -> None:
+        """Read and cache the splits the stage needs (fit: train + val; validate: val; test: test)."""
+        splits = {"fit": ("train", "val"), "validate": ("val",), "test": ("test",), "predict": ()}.get(
+            stage or "", ("train", "val", "test"))
+        for split in splits:
+            self.dataset(split)
+
+    def predict_dataset(self, paths: Sequence[str | Path]) -> PredictDataset:
+        """Arbitrary image files with the eval transform (no labels); ``image_id`` is the file stem."""
+        return PredictDataset([Path(p) for p in paths], self.spec, EvalTransform(self.image_size, self.mean, self.std),
+                              self.masks_dir)
+
+    # -------------------------------------------------------------------------------- loaders
+    def loader(self, dataset: Dataset, train: bool = False) -> DataLoader:
+        """A seeded DataLoader over ``dataset`` with this config's batch size and workers."""
+        bs = int(self.data_cfg["batch_size"] if train else self.data_cfg.get("eval_batch_size") or
+                 self.data_cfg["batch_size"])
+        # A last training batch of one image breaks BatchNorm; drop the remainder when there is a full batch.
+        drop_last = train and len(dataset) > bs
+        return make_loader(dataset, bs, shuffle=train, seed=self.seed, num_workers=int(self.data_cfg["num_workers"]),
+                           drop_last=drop_last)
+
+    def _split_loader(self, split: str) -> DataLoader:
+        # Kept so persistent workers survive across epochs (Lightning asks for loaders more than once).
+        if split not in self._loaders:
+            self._loaders[split] = self.loader(self.dataset(split), train=split == "train")
+        return self._loaders[split]
+
+    def eval_dataloader(self, split: str) -> DataLoader:
+        """Deterministic loader over ``split`` (eval transform, no oversampling, in sample order)."""
+        return self.loader(self.dataset(split, train=False), train=False)
+
+    def train_dataloader(self) -> DataLoader:
+        return self._split_loader("train")
+
+    def val_dataloader(self) -> DataLoader:
+        return self._split_loader("val")
+
+    def test_dataloader(self) -> DataLoader:
+        return self._split_loader("test")
+
+    def predict_dataloader(self) -> DataLoader:
+        if not self.predict_paths:
+            raise AttnMelError("no images to predict (set AttnMelDataModule.predict_paths)")
+        return self.loader(self.predict_dataset(self.predict_paths))
