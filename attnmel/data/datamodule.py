@@ -24,7 +24,7 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 import pytorch_lightning as pl
 import torch
-from torch.utils.data import DataLoader, Dataset, get_worker_info
+from torch.utils.data import DataLoader, Dataset, Sampler, get_worker_info
 
 from attnmel.data.cache import (DecodeSource, PreprocessCache, SourceFiles, ensure_cache, load_preprocessed,
                                  predicted_masks, resolve_sources)
@@ -83,17 +83,40 @@ def seed_worker(worker_id: int) -> None:
     random.seed(seed)
 
 
+class EpochSampler(Sampler):
+    """Yields ``(position, item_seed)`` pairs; the order and every item's augmentation seed are functions of
+    ``(seed, epoch, position)`` only, so a run resumed at an epoch boundary repeats an uninterrupted one,
+    whatever the number of workers. Lightning calls :meth:`set_epoch` before each epoch."""
+
+    def __init__(self, n: int, seed: int, shuffle: bool) -> None:
+        self.n, self.seed, self.shuffle, self.epoch = int(n), int(seed), bool(shuffle), 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = int(epoch)
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __iter__(self):
+        gen = torch.Generator()
+        gen.manual_seed(self.seed * 1_000_003 + self.epoch)
+        order = torch.randperm(self.n, generator=gen).tolist() if self.shuffle else range(self.n)
+        item_seeds = torch.randint(0, 2**62, (self.n,), generator=gen).tolist()
+        for k, j in enumerate(order):
+            yield (j, item_seeds[k])
+
+
 def make_loader(dataset: Dataset, batch_size: int, shuffle: bool, seed: int, num_workers: int,
                 drop_last: bool = False, pin_memory: bool = False) -> DataLoader:
-    """A DataLoader seeded from ``seed`` (sampler and worker seeds), persistent workers when > 0."""
+    """A DataLoader whose order and augmentations are seeded from ``seed`` and the epoch (see EpochSampler)."""
     gen = torch.Generator()
     gen.manual_seed(int(seed))
     kwargs: dict[str, Any] = {}
     if num_workers > 0:
         kwargs.update(persistent_workers=True, prefetch_factor=2)
-    return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle, num_workers=num_workers,
-                      worker_init_fn=seed_worker, generator=gen, drop_last=drop_last, pin_memory=pin_memory,
-                      **kwargs)
+    return DataLoader(dataset, batch_size=batch_size, sampler=EpochSampler(len(dataset), seed, shuffle),
+                      num_workers=num_workers, worker_init_fn=seed_worker, generator=gen, drop_last=drop_last,
+                      pin_memory=pin_memory, **kwargs)
 
 
 # ------------------------------------------------------------------------------------------ datasets
@@ -128,7 +151,12 @@ class AttnMelDataset(Dataset):
             self._gen.manual_seed(self.seed)
         return self._gen
 
-    def __getitem__(self, j: int) -> dict[str, Any]:
+    def __getitem__(self, j: int | tuple[int, int]) -> dict[str, Any]:
+        gen = self._generator()
+        if isinstance(j, (tuple, list)):  # from EpochSampler: this item's own augmentation seed
+            j, item_seed = j
+            gen = torch.Generator()
+            gen.manual_seed(int(item_seed))
         i = int(self.rows[j])
         img, mask, dermo = self.source.get(i)
         masks = {}
@@ -136,7 +164,7 @@ class AttnMelDataset(Dataset):
             masks["mask"] = mask
         if self.with_dermo:
             masks["dermo"] = dermo
-        out = self.transform(img, masks, generator=self._generator())
+        out = self.transform(img, masks, generator=gen)
         sample = self.index.samples[i]
         out["label"] = torch.tensor(sample.label, dtype=torch.long)
         out["image_id"] = sample.image_id

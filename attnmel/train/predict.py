@@ -73,12 +73,12 @@ def _print_rows(rows: list[dict], class_names: list[str]) -> None:
     from rich.table import Table
 
     table = Table(title="predictions")
-    table.add_column("image")
+    table.add_column("image", overflow="fold")
     for c in class_names:
         table.add_column(c, justify="right")
     table.add_column("predicted")
     for r in rows:
-        table.add_row(r["image"], *(f"{r[c]:.4f}" for c in class_names), r["predicted"])
+        table.add_row(Path(r["image"]).name, *(f"{r[c]:.4f}" for c in class_names), r["predicted"])
     Console().print(table)
 
 

@@ -56,11 +56,12 @@ def build_trainer(cfg: dict, run_dir: Path, *, callbacks_extra: list | None = No
     from pytorch_lightning.loggers import CSVLogger, TensorBoardLogger
 
     t = cfg["trainer"]
-    ckpt = ModelCheckpoint(dirpath=run_dir / "checkpoints", filename="best", monitor="val_auc", mode="max",
-                           save_last=True, save_top_k=1, auto_insert_metric_name=False,
-                           enable_version_counter=False)
-    ckpt.CHECKPOINT_NAME_LAST = "last"
-    callbacks: list = [ckpt]
+    best = ModelCheckpoint(dirpath=run_dir / "checkpoints", filename="best", monitor="val_auc", mode="max",
+                           save_top_k=1, auto_insert_metric_name=False, enable_version_counter=False)
+    # A second callback for last.ckpt: Lightning's save_last only writes when a top-k checkpoint was saved too.
+    last = ModelCheckpoint(dirpath=run_dir / "checkpoints", filename="last", monitor=None, save_top_k=1,
+                           auto_insert_metric_name=False, enable_version_counter=False)
+    callbacks: list = [best, last]
     if t.get("early_stopping_patience"):
         callbacks.append(EarlyStopping(monitor="val_auc", mode="max", patience=int(t["early_stopping_patience"])))
     callbacks += callbacks_extra or []

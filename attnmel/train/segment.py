@@ -34,9 +34,10 @@ def predict_full_size(model: torch.nn.Module, image: np.ndarray, data_cfg: dict,
 
 
 def _norm_stats(cfg: dict) -> tuple[list[float], list[float]]:
-    from attnmel.data.transforms import normalisation
+    from attnmel.data.transforms import normalization_from_cfg
 
-    return normalisation(cfg["data"])
+    mean, std = normalization_from_cfg(cfg["data"])
+    return list(mean), list(std)
 
 
 def segment_images(run_dir: str | Path, images: list[Path], out_dir: Path) -> list[Path]:

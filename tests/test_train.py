@@ -1,0 +1,171 @@
+"""Training end to end on tiny synthetic data: the loss falls, resume repeats, checkpoints round-trip."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from attnmel import config as config_mod
+from attnmel.cli import main as cli_main
+from attnmel.errors import AttnMelError
+from attnmel.train import run as run_mod
+
+EXPERIMENTS = Path(__file__).resolve().parents[1] / "experiments"
+
+
+def tiny_cfg(root: Path, out: Path, name: str, *extra: str) -> dict:
+    return config_mod.load_config(EXPERIMENTS / "synthetic.yaml", [
+        f"data.root={root}", f"out_dir={out}", f"name={name}", "data.image_size=64", "data.resize=64",
+        "data.batch_size=8", "data.num_workers=0", f"data.cache_dir={out / 'cache'}", "trainer.max_epochs=2",
+        "trainer.progress_bar=false", "model.width=0.25", *extra])
+
+
+def _read_csv_metric(run_dir: Path, key: str) -> list[float]:
+    rows = list(csv.DictReader(open(run_dir / "logs" / "csv" / "metrics.csv")))
+    return [float(r[key]) for r in rows if r.get(key)]
+
+
+@pytest.fixture(scope="module")
+def trained(synthetic_root, tmp_path_factory):
+    out = tmp_path_factory.mktemp("runs")
+    cfg = tiny_cfg(synthetic_root, out, "fit", "trainer.max_epochs=4", "optim.lr=0.002")
+    return run_mod.train(cfg)
+
+
+def test_fit_lowers_the_loss_and_writes_the_run_folder(trained):
+    losses = _read_csv_metric(trained, "train_loss_epoch")
+    assert len(losses) == 4
+    assert losses[-1] < losses[0]
+    for f in ("config.yaml", "checkpoints/best.ckpt", "checkpoints/last.ckpt", "metrics.json", "predictions.csv"):
+        assert (trained / f).is_file(), f
+    m = json.loads((trained / "metrics.json").read_text())["classification"]
+    assert 0.0 <= m["auc"] <= 1.0 and m["n_images"] > 0
+    header = next(csv.reader(open(trained / "predictions.csv")))
+    assert header == ["image_id", "other", "melanoma"]
+
+
+def test_checkpoint_is_plain_data_and_round_trips(trained):
+    ckpt = torch.load(trained / "checkpoints" / "best.ckpt", map_location="cpu", weights_only=True)
+    assert ckpt["attnmel"]["config"]["model"]["name"] == "attnmel"
+    run = run_mod.load_run(trained)
+    assert run.class_names == ["other", "melanoma"] and run.melanoma_index == 1
+    # The same weights as the checkpoint's state dict, key for key.
+    for k, v in run.model.state_dict().items():
+        assert torch.equal(v, ckpt["state_dict"]["model." + k])
+    # And predictions from the loaded model match predictions.csv.
+    from attnmel.data.datamodule import AttnMelDataModule
+
+    ids, probs, _ = run_mod.predict_probs(run.model, AttnMelDataModule(run.cfg).eval_dataloader("test"))
+    rows = {r["image_id"]: float(r["melanoma"]) for r in csv.DictReader(open(trained / "predictions.csv"))}
+    assert np.allclose([rows[i] for i in ids], probs[:, 1], atol=1e-5)
+
+
+def test_checkpoint_of_another_architecture_is_a_clear_error(trained, tmp_path):
+    import shutil
+
+    other = tmp_path / "other"
+    shutil.copytree(trained, other)
+    ckpt = torch.load(other / "checkpoints" / "best.ckpt", weights_only=True)
+    ckpt["attnmel"]["config"]["model"]["name"] = "mel_cnn"
+    torch.save(ckpt, other / "checkpoints" / "best.ckpt")
+    with pytest.raises(AttnMelError, match="best.ckpt: weights do not fit model 'mel_cnn'"):
+        run_mod.load_run(other)
+
+
+@pytest.mark.parametrize("content", [b"", b"not a checkpoint at all", b"PK\x03\x04garbage"])
+def test_corrupt_or_missing_checkpoint(trained, tmp_path, content):
+    import shutil
+
+    bad = tmp_path / "bad"
+    shutil.copytree(trained, bad)
+    (bad / "checkpoints" / "best.ckpt").write_bytes(content)
+    with pytest.raises(AttnMelError, match="best.ckpt: not a readable AttnMel checkpoint"):
+        run_mod.load_run(bad)
+    (bad / "checkpoints" / "best.ckpt").unlink()
+    with pytest.raises(AttnMelError, match="best.ckpt: checkpoint not found"):
+        run_mod.load_run(bad)
+
+
+def test_resume_repeats_an_uninterrupted_run(synthetic_root, tmp_path):
+    # lr halves every epoch, so a scheduler step lost or repeated on resume shows in the weights.
+    sched = ("optim.step_size=1", "optim.gamma=0.5")
+    full = run_mod.train(tiny_cfg(synthetic_root, tmp_path, "full", *sched), evaluate_after=False)
+    part_cfg = tiny_cfg(synthetic_root, tmp_path, "part", "trainer.max_epochs=1", *sched)
+    part = run_mod.train(part_cfg, evaluate_after=False)
+    resumed_cfg = dict(part_cfg, trainer={**part_cfg["trainer"], "max_epochs": 2})
+    run_mod.train(resumed_cfg, resume=True, evaluate_after=False)
+    ca = torch.load(full / "checkpoints" / "last.ckpt", weights_only=True)
+    cb = torch.load(part / "checkpoints" / "last.ckpt", weights_only=True)
+    assert ca["global_step"] == cb["global_step"] > 0 and ca["epoch"] == cb["epoch"] == 1
+    assert ca["lr_schedulers"] == cb["lr_schedulers"]
+    a, b = ca["state_dict"], cb["state_dict"]
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.allclose(a[k].float(), b[k].float(), atol=1e-5), k
+
+
+def test_a_second_train_into_the_same_folder_is_refused(trained):
+    cfg = config_mod.read_yaml(trained / "config.yaml")
+    with pytest.raises(AttnMelError, match="already holds checkpoints"):
+        run_mod.train(cfg)
+
+
+def test_nan_loss_stops_with_a_message_and_keeps_the_last_good_checkpoint(synthetic_root, tmp_path, monkeypatch):
+    from attnmel.train import module as module_mod
+
+    original = module_mod.ClassificationModule.training_step
+
+    class NanLoss(torch.nn.Module):
+        def forward(self, logits, y):
+            return logits.sum() * float("nan")
+
+    def poisoned(self, batch, batch_idx):
+        if self.current_epoch == 1:
+            self.criterion = NanLoss()
+        return original(self, batch, batch_idx)
+
+    monkeypatch.setattr(module_mod.ClassificationModule, "training_step", poisoned)
+    cfg = tiny_cfg(synthetic_root, tmp_path, "nan", "trainer.max_epochs=3")
+    with pytest.raises(AttnMelError, match="training loss became nan at epoch 1"):
+        run_mod.train(cfg)
+    last = torch.load(tmp_path / "nan" / "checkpoints" / "last.ckpt", weights_only=True)
+    assert last["epoch"] == 0  # the epoch before the NaN, intact
+    assert all(torch.isfinite(v).all() for v in last["state_dict"].values() if v.is_floating_point())
+
+
+def test_cli_errors_are_one_line_with_exit_2(tmp_path, capsys):
+    assert cli_main(["evaluate", str(tmp_path / "nope")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "nope: run folder not found" in err
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("model:\n  name: attnmel\n  foo: 1\n")
+    assert cli_main(["train", "--config", str(bad)]) == 2
+    assert "unknown config key 'model.foo'" in capsys.readouterr().err
+
+
+def test_unknown_model_and_regulariser_are_clear_errors(synthetic_root, tmp_path):
+    with pytest.raises(AttnMelError, match="unknown model"):
+        run_mod.train(tiny_cfg(synthetic_root, tmp_path, "m", "model.name=vgg17"))
+    with pytest.raises(AttnMelError, match="regulariser"):
+        run_mod.train(tiny_cfg(synthetic_root, tmp_path, "r", "loss.regulariser=lesionn"))
+
+
+def test_predict_cli_gives_probabilities_and_overlays(trained, synthetic_root, tmp_path, capsys):
+    images = sorted((synthetic_root / "ISIC-2017_Test_v2_Data").glob("ISIC_*.jpg"))[:2]
+    assert cli_main(["predict", str(trained), *map(str, images), "--overlay", str(tmp_path / "ov")]) == 0
+    out = capsys.readouterr().out
+    assert images[0].name in out or images[0].stem in out
+    pngs = sorted((tmp_path / "ov").glob("*.png"))
+    assert len(pngs) == 2
+    from PIL import Image
+
+    assert Image.open(pngs[0]).format == "PNG"
+    notimg = tmp_path / "notes.jpg"
+    notimg.write_text("hello")
+    assert cli_main(["predict", str(trained), str(notimg)]) == 2
+    assert "notes.jpg: not an image" in capsys.readouterr().err
