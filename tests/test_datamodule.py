@@ -232,3 +232,16 @@ def test_synthetic_generated_when_root_is_missing(tmp_path, monkeypatch):
     cfg["data"]["synthetic"] = {"n": 20, "size": 48, "spurious": True, "seed": 3}
     AttnMelDataModule(cfg, progress=False).prepare_data()
     assert calls == [(tmp_path / "data", 20, 48, 3, True)]
+
+
+def test_oversampling_per_class_mapping():
+    from attnmel.data.datamodule import _oversample_factors, oversample_rows
+
+    names = ["nevus", "melanoma", "seborrheic_keratosis"]
+    labels = [0, 0, 0, 1, 2]
+    factors = _oversample_factors({"melanoma": 3, "seborrheic_keratosis": 2}, names)
+    assert factors == {1: 3, 2: 2}
+    rows = oversample_rows(labels, 1, factors, repeats=2)
+    assert sorted(rows) == sorted([0, 1, 2, 3, 3, 3, 4, 4] * 2)
+    with pytest.raises(AttnMelError, match="unknown class"):
+        _oversample_factors({"melanomaa": 3}, names)

@@ -169,3 +169,25 @@ def test_predict_cli_gives_probabilities_and_overlays(trained, synthetic_root, t
     notimg.write_text("hello")
     assert cli_main(["predict", str(trained), str(notimg)]) == 2
     assert "notes.jpg: not an image" in capsys.readouterr().err
+
+
+def test_svm_option_averages_softmax_and_svm(trained, tmp_path):
+    import shutil
+
+    run = tmp_path / "svm"
+    shutil.copytree(trained, run)
+    ckpt = torch.load(run / "checkpoints" / "best.ckpt", weights_only=True)
+    ckpt["attnmel"]["config"]["model"]["svm"] = True
+    torch.save(ckpt, run / "checkpoints" / "best.ckpt")
+    metrics = run_mod.evaluate(run, "test")
+    saved = json.loads((run / "metrics.json").read_text())
+    assert (run / "svm.npz").is_file()
+    assert saved["classification"]["auc"] == metrics["auc"]
+    assert "classification_softmax_only" in saved
+    # The fused probabilities differ from the softmax alone (the SVM moved them).
+    soft = json.loads((trained / "metrics.json").read_text())["classification"]
+    assert saved["classification_softmax_only"]["auc"] == pytest.approx(soft["auc"])
+    fused = {r["image_id"]: float(r["melanoma"]) for r in csv.DictReader(open(run / "predictions.csv"))}
+    plain = {r["image_id"]: float(r["melanoma"]) for r in csv.DictReader(open(trained / "predictions.csv"))}
+    assert fused.keys() == plain.keys()
+    assert not np.allclose([fused[k] for k in plain], list(plain.values()), atol=1e-4)

@@ -200,11 +200,29 @@ class PredictDataset(Dataset):
         return out
 
 
-def oversample_rows(labels: Sequence[int], positive: int, factor: int, repeats: int = 1) -> list[int]:
-    """Sample positions with every ``positive``-class row ``factor`` times, the whole list ``repeats`` times."""
-    factor, repeats = max(1, int(factor)), max(1, int(repeats))
-    rows = [i for i, y in enumerate(labels) for _ in range(factor if y == positive else 1)]
+def oversample_rows(labels: Sequence[int], positive: int, factor: int | Mapping[int, int],
+                    repeats: int = 1) -> list[int]:
+    """Sample positions with minority rows repeated, the whole list ``repeats`` times.
+
+    ``factor``: how often each ``positive``-class row appears (the paper's 4x for melanoma), or a mapping
+    class index -> factor (the DenseNet seed augments both melanoma and seborrheic keratosis).
+    """
+    factors = ({int(k): max(1, int(v)) for k, v in factor.items()} if isinstance(factor, Mapping)
+               else {positive: max(1, int(factor))})
+    repeats = max(1, int(repeats))
+    rows = [i for i, y in enumerate(labels) for _ in range(factors.get(int(y), 1))]
     return rows * repeats
+
+
+def _oversample_factors(setting: Any, class_names: Sequence[str]) -> int | dict[int, int]:
+    """``data.oversample`` as given: an int (melanoma), or a mapping of class name -> factor."""
+    if not isinstance(setting, Mapping):
+        return int(setting or 1)
+    unknown = [k for k in setting if k not in class_names]
+    if unknown:
+        raise AttnMelError(f"config: data.oversample names unknown class(es) {', '.join(map(str, unknown))} "
+                           f"(classes: {', '.join(class_names)})")
+    return {class_names.index(k): int(v) for k, v in setting.items()}
 
 
 # ------------------------------------------------------------------------------------------ module
@@ -237,6 +255,12 @@ class AttnMelDataModule(pl.LightningDataModule):
         self.mean, self.std = normalization_from_cfg(self.data_cfg)
         self.image_size = int(self.data_cfg["image_size"])
         self.masks_dir = Path(self.data_cfg["masks"]) if self.data_cfg.get("masks") else None
+        if self.masks_dir is not None and (self.masks_dir / "config.yaml").is_file():
+            # data.masks names a segmentation run: its masks for this dataset, written on first use.
+            from attnmel.train.segment import ensure_predicted_masks
+
+            self.masks_dir = ensure_predicted_masks(self.masks_dir, self.dataset_name, self.root,
+                                                    num_classes=int(self.data_cfg["num_classes"]))
         self._indexes: dict[str, DatasetIndex] = dict(indexes or {})
         self._datasets: dict[str, AttnMelDataset] = {}
         self._loaders: dict[str, DataLoader] = {}
@@ -329,7 +353,8 @@ class AttnMelDataModule(pl.LightningDataModule):
         with_dermo = self._check_masks(split, index, sources, "dermo")
         source = self._source(split, sources)
         if train:
-            rows = oversample_rows(index.labels(), index.melanoma_index, self.data_cfg.get("oversample", 1),
+            factors = _oversample_factors(self.data_cfg.get("oversample", 1), index.class_names)
+            rows = oversample_rows(index.labels(), index.melanoma_index, factors,
                                    self.data_cfg.get("epoch_repeats", 1))
             transform: TrainTransform | EvalTransform = TrainTransform(self.image_size, self.mean, self.std)
         else:

@@ -218,12 +218,32 @@ def evaluate(run_dir: str | Path, split: str = "test") -> dict:
     ids, probs, labels = predict_probs(run.model, loader)
     if not ids:
         raise AttnMelError(f"{run.cfg['data']['root']}: split '{split}' has no images")
+    extra: dict = {}
+    if run.cfg["model"].get("svm"):
+        softmax_only = classification_metrics(labels, probs, run.class_names, run.melanoma_index)
+        probs = _svm_average(run, dm, split)
+        extra["classification_softmax_only" + ("" if split == "test" else f"_{split}")] = softmax_only
     metrics = classification_metrics(labels, probs, run.class_names, run.melanoma_index)
     suffix = "" if split == "test" else f"_{split}"
     write_predictions_csv(run.run_dir / f"predictions{suffix}.csv", ids, probs, run.class_names)
-    update_metrics(run.run_dir, {f"classification{suffix}": metrics, "split": split,
+    update_metrics(run.run_dir, {f"classification{suffix}": metrics, "split": split, **extra,
                                  "checkpoint": str(run.checkpoint.relative_to(run.run_dir))})
     return metrics
+
+
+def _svm_average(run: LoadedRun, dm, split: str) -> np.ndarray:
+    """The TMI 2017 fusion: fit (once, on the training split) the SVM on penultimate features, then average."""
+    from attnmel.train.svm import SVM_FILE, FeatureSVM, average_with_svm, extract_features, fit_feature_svm
+
+    path = run.run_dir / SVM_FILE
+    if path.is_file():
+        svm = FeatureSVM.load(path)
+    else:
+        feats, _, labels = extract_features(run.model, dm.eval_dataloader("train"))
+        svm = fit_feature_svm(feats, labels, num_classes=len(run.class_names), seed=int(run.cfg["seed"]))
+        svm.save(path)
+    feats, softmax, _ = extract_features(run.model, dm.eval_dataloader(split))
+    return average_with_svm(softmax, feats, svm)
 
 
 def update_metrics(run_dir: Path, section: dict) -> dict:

@@ -40,29 +40,66 @@ def _norm_stats(cfg: dict) -> tuple[list[float], list[float]]:
     return list(mean), list(std)
 
 
-def segment_images(run_dir: str | Path, images: list[Path], out_dir: Path) -> list[Path]:
-    """Write ``<id>_segmentation.png`` (8-bit, 0/255, the image's size) per image: the official format."""
-    from PIL import Image
-
-    from attnmel.data.images import load_image
-    from attnmel.io import atomic_path
+def _load_segmentation_run(run_dir: str | Path):
     from attnmel.train.run import load_run
 
     run = load_run(run_dir)
     if run.cfg.get("task") != "segmentation":
         raise AttnMelError(f"{run_dir}: not a segmentation run (task: {run.cfg.get('task')})")
+    return run
+
+
+def _write_masks(run, images: list[Path], out_dir: Path, ids: list[str] | None = None,
+                 progress: bool = True) -> list[Path]:
+    from PIL import Image
+    from rich.progress import track
+
+    from attnmel.data.images import load_image
+    from attnmel.io import atomic_path
+
     mean, std = _norm_stats(run.cfg)
-    out_dir = Path(out_dir)
     written = []
-    for path in images:
+    pairs = list(zip(images, ids or [Path(p).stem for p in images]))
+    for path, image_id in track(pairs, description="segmenting", disable=not progress or len(pairs) < 2):
         image = load_image(path)
         prob = predict_full_size(run.model, image, run.cfg["data"], mean, std)
-        target = out_dir / f"{Path(path).stem}_segmentation.png"
+        target = Path(out_dir) / f"{image_id}_segmentation.png"
         with atomic_path(target) as tmp:
             Image.fromarray(((prob > 0.5) * 255).astype(np.uint8), mode="L").save(tmp, format="PNG")
         written.append(target)
+    return written
+
+
+def segment_images(run_dir: str | Path, images: list[Path], out_dir: Path) -> list[Path]:
+    """Write ``<id>_segmentation.png`` (8-bit, 0/255, the image's size) per image: the official format."""
+    run = _load_segmentation_run(run_dir)
+    written = _write_masks(run, [Path(p) for p in images], Path(out_dir))
     print(f"{len(written)} masks written to {out_dir}")
     return written
+
+
+def ensure_predicted_masks(seg_run_dir: str | Path, dataset: str, root: str | Path, num_classes: int = 2,
+                           progress: bool = True) -> Path:
+    """Masks of every image of a dataset (all splits) from a segmentation run, made once and kept.
+
+    They live in ``<seg run>/masks/<dataset>/`` as ``<image_id>_segmentation.png``; images already done
+    are skipped, so an interrupted pass resumes and a second classifier reuses them.
+    """
+    from attnmel.data.readers import read_split
+    from attnmel.data.samples import SPLITS
+
+    out = Path(seg_run_dir) / "masks" / dataset
+    todo: list = []
+    for split in SPLITS:
+        try:
+            index = read_split(dataset, root, split, num_classes=num_classes)
+        except AttnMelError:
+            continue  # a split the download does not have
+        todo += [s for s in index.samples if not (out / f"{s.image_id}_segmentation.png").is_file()]
+    if todo:
+        run = _load_segmentation_run(seg_run_dir)
+        _write_masks(run, [s.image for s in todo], out, ids=[s.image_id for s in todo], progress=progress)
+    return out
 
 
 def evaluate_segmentation(run, split: str = "test") -> dict:
