@@ -1,0 +1,90 @@
+"""Lesion segmenters: U-Net, FCRN (ResNet-50, multi-scale fusion) and Mask R-CNN.
+
+Every segmenter is a plain ``nn.Module`` whose ``forward(x: (B,3,H,W))`` returns lesion logits
+(B,1,H,W) at the input's size. ``attnmel.models.build_model`` delegates these names here.
+
+``model_cfg`` keys read (defaults.yaml ``model``): ``pretrained`` (all three), ``width`` (U-Net:
+channel multiplier of a 32-channel first stage). Optional keys that defaults.yaml does not define yet
+(so a config cannot set them until it does; code can): ``fuse_strides`` (FCRN), ``min_size``,
+``max_size``, ``score_threshold``, ``trainable_backbone_layers``, ``detector_options`` (keyword
+arguments of torchvision's ``MaskRCNN``) (Mask R-CNN).
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+from torch import nn
+
+from attnmel.errors import AttnMelError
+
+SEGMENTERS = ("unet", "fcrn", "maskrcnn")
+UNET_BASE_WIDTH = 32
+
+log = logging.getLogger(__name__)
+
+
+def build_segmenter(name: str, model_cfg: dict[str, Any]) -> nn.Module:
+    """Build the segmenter ``name`` (unet | fcrn | maskrcnn) from the ``model`` config section."""
+    pretrained = model_cfg.get("pretrained", "none")
+    if name == "unet":
+        from attnmel.models.segmentation.unet import UNet
+
+        width = _number(model_cfg.get("width", 1.0), "width")
+        if not 0 < width <= 8:
+            raise AttnMelError(f"model.width for unet is a multiplier of {UNET_BASE_WIDTH} "
+                               f"channels in (0, 8], got {width}")
+        model = UNet(base_width=max(1, round(UNET_BASE_WIDTH * width)))
+        from attnmel.models.weights import parse_pretrained
+
+        spec = parse_pretrained(pretrained)
+        if isinstance(spec, Path):
+            from attnmel.models.segmentation._weights import load_into, load_state_dict_file
+
+            load_into(model, load_state_dict_file(spec), source=spec)
+        elif spec == "imagenet":
+            # No ImageNet U-Net exists (the seed trains it from scratch) and imagenet is the config
+            # default, so refusing would punish a key the user never set; say so instead.
+            log.warning("unet has no ImageNet weights: training from scratch (set model.pretrained=none "
+                        "to silence this)")
+        return model
+    if name in ("fcrn", "maskrcnn") and _number(model_cfg.get("width", 1.0), "width") != 1.0:
+        raise AttnMelError(f"model.width must be 1.0 for {name} (its ResNet-50 encoder has fixed widths)")
+    if name == "fcrn":
+        from attnmel.models.segmentation.fcrn import FCRN
+
+        return FCRN(pretrained=pretrained, fuse_strides=model_cfg.get("fuse_strides", (8, 16, 32)))
+    if name == "maskrcnn":
+        from attnmel.models.segmentation.maskrcnn import MaskRCNNSegmenter
+
+        layers = int(_number(model_cfg.get("trainable_backbone_layers", 3), "trainable_backbone_layers"))
+        if not 0 <= layers <= 5:
+            raise AttnMelError(f"model.trainable_backbone_layers must be 0..5, got {layers}")
+        min_size = int(_number(model_cfg.get("min_size", 224), "min_size"))
+        return MaskRCNNSegmenter(
+            pretrained=pretrained,
+            min_size=min_size,
+            max_size=int(_number(model_cfg.get("max_size", 2 * min_size), "max_size")),
+            score_threshold=_number(model_cfg.get("score_threshold", 0.5), "score_threshold"),
+            trainable_backbone_layers=layers,
+            detector_options=_mapping(model_cfg.get("detector_options"), "detector_options"),
+        )
+    raise AttnMelError(f"unknown segmentation model '{name}'; known: {', '.join(SEGMENTERS)}")
+
+
+def _mapping(value: Any, key: str) -> dict[str, Any]:
+    """A mapping config value (None: empty), or a one-line error naming the key."""
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise AttnMelError(f"model.{key} must be a mapping, got {value!r}")
+    return dict(value)
+
+
+def _number(value: Any, key: str) -> float:
+    """A numeric config value, or a one-line error naming the key."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise AttnMelError(f"model.{key} must be a number, got {value!r}")
+    return float(value)
