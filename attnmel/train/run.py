@@ -49,21 +49,27 @@ def _quiet_lightning() -> None:
     warnings.filterwarnings("ignore", message=".*isinstance.*treespec.*")
 
 
+def selection_metric(cfg: dict) -> str:
+    """What picks the best checkpoint: validation AUC (classifiers) or mean Jaccard (segmenters)."""
+    return "val_jaccard" if cfg.get("task", "classification") == "segmentation" else "val_auc"
+
+
 def build_trainer(cfg: dict, run_dir: Path, *, callbacks_extra: list | None = None):
-    """The Lightning Trainer of a run: checkpoints by validation AUC, CSV + TensorBoard logs."""
+    """The Lightning Trainer of a run: checkpoints by the selection metric, CSV + TensorBoard logs."""
     import pytorch_lightning as pl
     from pytorch_lightning.callbacks import EarlyStopping, ModelCheckpoint
     from pytorch_lightning.loggers import CSVLogger, TensorBoardLogger
 
     t = cfg["trainer"]
-    best = ModelCheckpoint(dirpath=run_dir / "checkpoints", filename="best", monitor="val_auc", mode="max",
+    monitor = selection_metric(cfg)
+    best = ModelCheckpoint(dirpath=run_dir / "checkpoints", filename="best", monitor=monitor, mode="max",
                            save_top_k=1, auto_insert_metric_name=False, enable_version_counter=False)
     # A second callback for last.ckpt: Lightning's save_last only writes when a top-k checkpoint was saved too.
     last = ModelCheckpoint(dirpath=run_dir / "checkpoints", filename="last", monitor=None, save_top_k=1,
                            auto_insert_metric_name=False, enable_version_counter=False)
     callbacks: list = [best, last]
     if t.get("early_stopping_patience"):
-        callbacks.append(EarlyStopping(monitor="val_auc", mode="max", patience=int(t["early_stopping_patience"])))
+        callbacks.append(EarlyStopping(monitor=monitor, mode="max", patience=int(t["early_stopping_patience"])))
     callbacks += callbacks_extra or []
     loggers = [CSVLogger(run_dir, name="logs", version="csv")]
     try:

@@ -14,7 +14,7 @@ from attnmel.errors import AttnMelError
 def _prepare(image: np.ndarray, data_cfg: dict, mean: list[float], std: list[float]) -> torch.Tensor:
     # The whole image resized to a square (the U-Net seed's choice), so the mask maps back to every pixel.
     size = int(data_cfg["image_size"])
-    x = torch.from_numpy(image).permute(2, 0, 1).float().unsqueeze(0) / 255.0
+    x = torch.from_numpy(np.array(image, copy=True)).permute(2, 0, 1).float().unsqueeze(0) / 255.0
     x = F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False, antialias=True)
     m = torch.tensor(mean).view(1, 3, 1, 1)
     s = torch.tensor(std).view(1, 3, 1, 1)
