@@ -1,0 +1,145 @@
+"""Bench: time ``build_report`` for a run over 600 synthetic test images at 224 px (train-free).
+
+The run is an untrained AttnMel-CNN (``pretrained: none``, the paper's full width) whose checkpoint is saved
+the way training saves it (``ClassificationModule.on_save_checkpoint``), over a generated synthetic set
+whose test split has 600 images. The report's own timings (``metrics.json`` -> ``report.timings_s``) give
+the share spent in inference, attributions and drawing. Target: under 10 minutes on 2 CPU cores.
+
+``ATTNMEL_BENCH_REPORT_LIMIT=<n>`` times the report over the first n test images only and extrapolates the
+per-image parts linearly to 600 (the JSON says so). ``ATTNMEL_BENCH_REPORT_IG=<n>`` also times a report with
+Integrated Gradients over n images and projects it to 600 (``integrated_gradients_estimate``).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import tempfile
+import time
+from pathlib import Path
+from typing import Sequence
+
+import torch
+
+from attnmel.io import atomic_path, write_json, write_text
+
+N_TEST = 600
+IMAGE_SIZE = 224
+TARGET_S = 600.0
+# synthetic.plan gives the test split n - round(0.6 n) - round(0.2 n) images: 3000 -> 600.
+N_TOTAL = 3000
+PER_IMAGE_PARTS = ("data", "inference", "attributions", "scoring")
+
+
+def make_untrained_run(run_dir: Path, data_root: Path, *, image_size: int = IMAGE_SIZE, model: str = "attnmel",
+                       width: float = 1.0, cache_dir: Path | None = None, overrides: Sequence[str] = ()) -> Path:
+    """A run folder (config.yaml + checkpoints/best.ckpt, as training writes them) with untrained weights."""
+    from attnmel import config as config_mod
+    from attnmel.data.datamodule import AttnMelDataModule
+    from attnmel.train.module import ClassificationModule
+
+    run_dir = Path(run_dir)
+    cfg = config_mod.load_config(None, [
+        f"out_dir={run_dir.parent}", f"name={run_dir.name}", "data.dataset=synthetic", f"data.root={data_root}",
+        "data.center_crop=1.0", f"data.resize={image_size}", f"data.image_size={image_size}", "data.num_workers=0",
+        f"data.cache_dir={cache_dir or Path('.cache/attnmel')}", f"model.name={model}", "model.pretrained=none",
+        f"model.width={width}", *overrides])
+    dm = AttnMelDataModule(cfg, progress=False)
+    torch.manual_seed(int(cfg["seed"]))
+    module = ClassificationModule(cfg, dm.class_names, dm.melanoma_index)
+    ckpt = {"state_dict": module.state_dict(), "epoch": 0, "global_step": 0}
+    module.on_save_checkpoint(ckpt)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    write_text(run_dir / "config.yaml", config_mod.dump(cfg))
+    with atomic_path(run_dir / "checkpoints" / "best.ckpt") as tmp:
+        torch.save(ckpt, tmp)
+    return run_dir
+
+
+def _dataset(root: Path) -> Path:
+    """The bench's synthetic set (3000 images at 224 px, 600 in test), generated once and reused."""
+    from attnmel.data.synthetic import MARKER, generate
+
+    marker = root / MARKER
+    want = {"n": N_TOTAL, "size": IMAGE_SIZE, "seed": 0, "spurious": False}
+    if marker.is_file():
+        try:
+            meta = json.loads(marker.read_text(encoding="utf-8"))
+            if meta.get("complete") and all(meta.get(k) == v for k, v in want.items()):
+                return root
+        except (OSError, json.JSONDecodeError):
+            pass
+    return generate(root, n=N_TOTAL, size=IMAGE_SIZE, seed=0, spurious=False, progress=False)
+
+
+def run(out_json: Path, limit: int | None = None, integrated_gradients: bool = False,
+        ig_images: int | None = None) -> dict:
+    """Time the report over the 600-image test split (or its first ``limit`` images, extrapolated);
+    ``ig_images``: also time Integrated Gradients over that many images and project it to 600."""
+    from attnmel.data.datamodule import AttnMelDataModule
+    from attnmel.report.build import build_report
+
+    if limit is None and os.environ.get("ATTNMEL_BENCH_REPORT_LIMIT"):
+        limit = int(os.environ["ATTNMEL_BENCH_REPORT_LIMIT"])
+    if ig_images is None and os.environ.get("ATTNMEL_BENCH_REPORT_IG"):
+        ig_images = int(os.environ["ATTNMEL_BENCH_REPORT_IG"])
+    cache = Path(".cache/attnmel")
+    t0 = time.perf_counter()
+    data_root = _dataset(cache / "bench" / f"synthetic-{IMAGE_SIZE}-n{N_TOTAL}")
+    t_generate = time.perf_counter() - t0
+    with tempfile.TemporaryDirectory(prefix="attnmel-bench-report-") as tmp:
+        run_dir = make_untrained_run(Path(tmp) / "runs" / "untrained", data_root, cache_dir=cache)
+        from attnmel.train.run import load_run
+
+        t0 = time.perf_counter()
+        dm = AttnMelDataModule(load_run(run_dir).cfg, progress=False)
+        n_split = len(dm.dataset("test"))  # builds the preprocessing cache (once per dataset, like training)
+        t_cache = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        build_report(run_dir, split="test", integrated_gradients=integrated_gradients, limit=limit,
+                     reports_root=None)
+        wall = time.perf_counter() - t0
+        metrics = json.loads((run_dir / "metrics.json").read_text(encoding="utf-8"))
+        ig_timings = None
+        if ig_images:
+            build_report(run_dir, split="test", integrated_gradients=True, limit=ig_images, reports_root=None)
+            ig_timings = json.loads((run_dir / "metrics.json").read_text(encoding="utf-8"))["report"]["timings_s"]
+    rep = metrics["report"]
+    timings = rep["timings_s"]
+    n = int(rep["n_images"])
+    total = float(timings["total"])
+    shares = {k: round(float(timings.get(k, 0.0)) / total, 4) for k in
+              ("inference", "attributions", "drawing", "scoring", "data", "load")}
+    per_image = sum(float(timings.get(k, 0.0)) for k in PER_IMAGE_PARTS)
+    fixed = total - per_image
+    projected = fixed + per_image * N_TEST / n if n else None
+    out = {
+        "what": f"build_report on an untrained AttnMel-CNN (width 1.0, pretrained none) over synthetic test "
+                f"images at {IMAGE_SIZE} px, Integrated Gradients {'on' if integrated_gradients else 'off'}",
+        "n_images": n, "n_test_split": n_split, "image_size": IMAGE_SIZE,
+        "integrated_gradients": integrated_gradients,
+        "total_s": round(total, 2), "wall_s": round(wall, 2), "timings_s": timings, "shares": shares,
+        "per_image_s": round(per_image / n, 4) if n else None,
+        "extrapolated": n != N_TEST,
+        "total_s_600_images": round(projected, 1) if projected is not None else None,
+        "target_s": TARGET_S,
+        "meets_target": bool(projected is not None and projected < TARGET_S),
+        "setup_s": {"generate_dataset": round(t_generate, 1), "build_cache": round(t_cache, 1)},
+        "machine": {"cpus": os.cpu_count(), "torch_threads": torch.get_num_threads(),
+                    "platform": platform.platform(), "torch": torch.__version__,
+                    "load_average": list(os.getloadavg()) if hasattr(os, "getloadavg") else None},
+    }
+    if out["extrapolated"]:
+        out["note"] = (f"timed over the first {n} of {n_split} test images; data, inference, attributions and "
+                       f"scoring scaled linearly to {N_TEST}, the rest (load, drawing, render) kept as measured")
+    if ig_timings is not None and ig_images:
+        ig_per_image = float(ig_timings["attributions"]) / ig_images
+        out["integrated_gradients_estimate"] = {
+            "n_images": ig_images, "timings_s": ig_timings,
+            "attributions_per_image_s": round(ig_per_image, 3),
+            "total_s_600_images": round((projected or 0.0) + ig_per_image * N_TEST, 1),
+            "note": "Integrated Gradients (32 steps) timed on a few images; projected = the report without it "
+                    "+ 600 x its per-image attribution time"}
+    write_json(out_json, out)
+    return out
