@@ -1,0 +1,51 @@
+"""Classification losses on logits: focal loss (the paper's, gamma 2, no alpha) and cross-entropy."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from attnmel.errors import AttnMelError
+
+CLASSIFICATION_LOSSES = ("focal", "ce")
+
+
+class FocalLoss(nn.Module):
+    """``mean_i -(1 - p_t)^gamma * log(p_t)`` over softmax probabilities; gamma 0 is cross-entropy."""
+
+    def __init__(self, gamma: float = 2.0) -> None:
+        super().__init__()
+        if isinstance(gamma, bool) or not isinstance(gamma, (int, float)) or gamma < 0:
+            raise AttnMelError(f"loss.gamma must be a number >= 0, got {gamma!r}")
+        self.gamma = float(gamma)
+
+    def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        # float32 even under bf16 autocast: (1 - p)^gamma of a confident sample underflows otherwise.
+        logp_t = F.log_softmax(logits.float(), dim=1).gather(1, target.long().unsqueeze(1)).squeeze(1)
+        if self.gamma == 0:
+            return -logp_t.mean()
+        p_t = logp_t.exp()
+        return (-(1.0 - p_t).clamp_min(0).pow(self.gamma) * logp_t).mean()
+
+    def extra_repr(self) -> str:
+        return f"gamma={self.gamma}"
+
+
+class CrossEntropyLoss(nn.Module):
+    """Mean cross-entropy on logits (computed in float32)."""
+
+    def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        return F.cross_entropy(logits.float(), target.long())
+
+
+def build_classification_loss(loss_cfg: dict[str, Any]) -> nn.Module:
+    """``loss.name`` focal (with ``loss.gamma``) or ce -> a module ``(logits, target) -> scalar``."""
+    name = (loss_cfg or {}).get("name", "focal")
+    if name == "focal":
+        return FocalLoss(loss_cfg.get("gamma", 2.0))
+    if name == "ce":
+        return CrossEntropyLoss()
+    raise AttnMelError(f"loss.name '{name}' is not a classification loss; known: {', '.join(CLASSIFICATION_LOSSES)}")
