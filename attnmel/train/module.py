@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import math
 from typing import Any
 
@@ -17,6 +18,8 @@ from attnmel.losses.regularisers import DEFAULT_WEIGHTS, build_regulariser
 from attnmel.models import build_model
 
 CHECKPOINT_FORMAT = 1
+DICE_REGULARISERS = ("lesion", "dermo", "background")
+log = logging.getLogger("attnmel.train")
 
 
 class ClassificationModule(pl.LightningModule):
@@ -36,6 +39,9 @@ class ClassificationModule(pl.LightningModule):
         reg_name = cfg["loss"].get("regulariser") or "none"
         self.regulariser = build_regulariser(reg_name, cfg["loss"].get("params") or {})
         self.reg_weights: dict[str, float] = dict(cfg["loss"].get("weights") or DEFAULT_WEIGHTS)
+        if cfg["model"].get("attention") == "softmax" and reg_name in DICE_REGULARISERS:
+            log.warning("loss.regulariser=%s with model.attention=softmax: softmax maps sum to 1, so a Dice "
+                        "term against a mask is badly scaled (the paper regularises sigmoid attention)", reg_name)
         self.channels_last = bool(cfg["trainer"].get("channels_last"))
         if self.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
