@@ -66,3 +66,8 @@ def test_segment_then_classify_with_svm(seg_run, synthetic_root, tmp_path):
     metrics = json.loads((run / "metrics.json").read_text())
     assert {"classification", "classification_softmax_only"} <= metrics.keys()
     assert (run / "svm.npz").is_file() and (run / "predictions.csv").is_file()
+    from attnmel.report.build import build_report
+
+    page = build_report(run, split="test", reports_root=None)
+    assert page.is_file() and "Attention quality" in page.read_text()
+    assert "attention" in json.loads((run / "metrics.json").read_text())
