@@ -61,7 +61,8 @@ def build_parser() -> argparse.ArgumentParser:
     sw = sub.add_parser("sweep", help="run an ablation sweep: arms x seeds, then the summary")
     sw.add_argument("sweep_file", type=Path)
     sw.add_argument("--dataset", default=None, help="the dataset variant of the sweep (synthetic, isic2017, isic2016)")
-    sw.add_argument("--jobs", type=int, default=1, help="arms run in this many parallel processes")
+    sw.add_argument("--jobs", type=int, default=None,
+                    help="runs in this many parallel processes (default: the sweep file's, else 1)")
     sw.add_argument("--out", type=Path, default=Path("sweeps"))
     sw.add_argument("overrides", nargs="*", help="key=value overrides applied to every arm")
 

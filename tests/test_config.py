@@ -91,3 +91,14 @@ def test_atomic_write_keeps_old_content_on_failure(tmp_path):
             raise RuntimeError("crash")
     assert target.read_text().strip().startswith("{") and '"auc": 0.9' in target.read_text()
     assert [p.name for p in tmp_path.iterdir()] == ["metrics.json"]
+
+
+def test_atomic_writes_get_ordinary_permissions(tmp_path):
+    import os
+    import stat
+
+    write_json(tmp_path / "m.json", {})
+    mode = stat.S_IMODE(os.stat(tmp_path / "m.json").st_mode)
+    umask = os.umask(0)
+    os.umask(umask)
+    assert mode == 0o666 & ~umask

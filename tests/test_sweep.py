@@ -164,7 +164,7 @@ def test_shipped_sweep_files_validate() -> None:
         for ds in ("synthetic", "isic2017", "isic2016"):
             spec = load_sweep(REPO / "experiments" / "sweeps" / f"{name}.yaml", ds)
             plans = plan_runs(spec, "sweeps")
-            assert plans and all(p.run_dir.parts[-3] == f"{name}-{ds}" for p in plans)
+            assert plans and all(p.run_dir.parts[-3] == name for p in plans)
             assert len(spec.seeds) == 3
             assert spec.jobs == (2 if ds == "synthetic" else 1)
     reg = load_sweep(REPO / "experiments" / "sweeps" / "regularisers.yaml", "synthetic")
@@ -190,7 +190,7 @@ def test_sweep_layers_and_precedence(tmp_path: Path) -> None:
     assert b1["loss"]["weights"] == {"pool4": 1.0}
     assert a0["trainer"]["max_epochs"] == 2 and b1["trainer"]["max_epochs"] == 3
     assert a0["optim"]["lr"] == 0.5 and b1["seed"] == 1
-    assert plans[3].run_dir == tmp_path / "out" / "tiny-synthetic" / "b" / "seed1"
+    assert plans[3].run_dir == tmp_path / "out" / "tiny" / "b" / "seed1"
 
 
 def test_sweep_file_unknown_key(tmp_path: Path) -> None:
@@ -316,7 +316,7 @@ def _run(path: Path, out: Path, jobs: int | None = 1) -> int:
 def test_failed_arm_reported_others_run_then_resume_skips(fake_sweep) -> None:
     path, out, calls = fake_sweep
     assert _run(path, out) == 1  # "bad" failed
-    sweep_dir = out / "tiny-synthetic"
+    sweep_dir = out / "tiny"
     assert sorted(calls) == [("bad", 0, False), ("bad", 1, False), ("base", 0, False), ("base", 1, False),
                              ("good", 0, False), ("good", 1, False)]
     err = (sweep_dir / "bad" / "seed0" / "error.txt").read_text()
@@ -342,10 +342,23 @@ def test_failed_arm_reported_others_run_then_resume_skips(fake_sweep) -> None:
     assert "attention" in json.loads((sweep_dir / "base" / "seed0" / "metrics.json").read_text())
 
 
+def test_sweep_folder_of_another_dataset_is_refused(fake_sweep) -> None:
+    path, out, calls = fake_sweep
+    _run(path, out)
+    record = out / "tiny" / "sweep.json"
+    rec = json.loads(record.read_text())
+    rec["dataset"] = "isic2017"
+    record.write_text(json.dumps(rec))
+    calls.clear()
+    with pytest.raises(AttnMelError, match="holds the 'isic2017' runs of this sweep"):
+        _run(path, out)
+    assert calls == []  # nothing trained over the other dataset's runs
+
+
 def test_summary_numbers_by_hand(fake_sweep) -> None:
     path, out, _ = fake_sweep
     _run(path, out)
-    sweep_dir = out / "tiny-synthetic"
+    sweep_dir = out / "tiny"
     summary = json.loads((sweep_dir / "summary.json").read_text())
     arms = {a["name"]: a for a in summary["arms"]}
     g = arms["good"]
@@ -387,7 +400,7 @@ def test_summary_numbers_by_hand(fake_sweep) -> None:
 def test_summary_links_reports_relative(fake_sweep) -> None:
     path, out, _ = fake_sweep
     _run(path, out)
-    sweep_dir = out / "tiny-synthetic"
+    sweep_dir = out / "tiny"
     report = sweep_dir / "good" / "seed0" / "report" / "index.html"
     report.parent.mkdir(parents=True)
     report.write_text("<html></html>")
@@ -434,7 +447,7 @@ def test_two_arm_sweep_end_to_end(tmp_path: Path, monkeypatch: pytest.MonkeyPatc
                        overrides={"data.cache_dir": str(tmp_path / "cache")}, jobs=2)
     out = tmp_path / "out"
     assert _run(path, out, jobs=None) == 0  # the file's jobs: 2 spawned processes
-    sweep_dir = out / "tiny-synthetic"
+    sweep_dir = out / "tiny"
     for arm in ("none", "lesion"):
         m = json.loads((sweep_dir / arm / "seed0" / "metrics.json").read_text())
         assert "auc" in m["classification"]
@@ -446,7 +459,7 @@ def test_two_arm_sweep_end_to_end(tmp_path: Path, monkeypatch: pytest.MonkeyPatc
     assert "pool4" in summary["arms"][1]["attention"] and "pool4" in summary["arms"][1]["tests"]["jaccard"]
     assert (sweep_dir / "none" / "seed0" / "report" / "index.html").is_file()
     assert 'href="none/seed0/report/index.html"' in (sweep_dir / "summary.html").read_text()
-    assert "tiny-synthetic/summary.html" in (tmp_path / "reports" / "index.html").read_text()
+    assert "tiny/summary.html" in (tmp_path / "reports" / "index.html").read_text()
     # Second call: everything finished, nothing retrained.
     calls = []
     monkeypatch.setattr(sweep_run, "_train", lambda cfg, resume=False: calls.append(cfg))
@@ -462,5 +475,5 @@ def test_ddp_run_goes_to_its_own_process(tmp_path: Path, monkeypatch: pytest.Mon
                                   "trainer.strategy": "ddp", "trainer.accelerator": "cpu"})
     out = tmp_path / "out"
     assert _run(path, out) == 0
-    m = json.loads((out / "tiny-synthetic" / "none" / "seed0" / "metrics.json").read_text())
+    m = json.loads((out / "tiny" / "none" / "seed0" / "metrics.json").read_text())
     assert "auc" in m["classification"] and m["attention"]["mean"]

@@ -21,11 +21,3 @@ __all__ = [
     "needs_masks",
     "soft_dice_loss",
 ]
-
-# Importing the package registers the regularisers beyond the paper too (they live in their own module
-# so the paper's stay small); a checkout without that module still has the paper's four.
-try:
-    from attnmel.losses import regularisers_extra  # noqa: F401
-except ModuleNotFoundError as e:  # pragma: no cover - only in a partial checkout
-    if e.name != "attnmel.losses.regularisers_extra":
-        raise

@@ -36,7 +36,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterable
 
 from attnmel import config as config_mod
-from attnmel.errors import AttnMelError
+from attnmel.errors import AttnMelError, file_error
 from attnmel.io import write_json, write_text
 from attnmel.sweep.spec import RunPlan, SweepSpec, load_sweep, plan_runs, sweep_dir_of
 
@@ -289,6 +289,20 @@ def _progress_printer(console) -> Callable[[RunResult, int, int], None]:
     return show
 
 
+def _check_same_dataset(sweep_dir: Path, spec: SweepSpec) -> None:
+    """Refuse to resume a sweep folder that holds the runs of another dataset."""
+    record = sweep_dir / "sweep.json"
+    if not record.is_file():
+        return
+    try:
+        held = json.loads(record.read_text(encoding="utf-8")).get("dataset")
+    except (json.JSONDecodeError, OSError):
+        raise file_error(record, "unreadable sweep record; remove it or the folder to start the sweep anew") from None
+    if held and held != spec.dataset:
+        raise file_error(sweep_dir, f"holds the '{held}' runs of this sweep; to run it on '{spec.dataset}' too, "
+                                    f"pass --out <another folder>")
+
+
 def write_sweep_record(sweep_dir: Path, spec: SweepSpec, overrides: list[str]) -> None:
     """``sweep.json``: which file, dataset, arms and seeds the folder holds (the summary reads it)."""
     write_json(sweep_dir / "sweep.json", {
@@ -332,6 +346,7 @@ def run_sweep(sweep_file: str | Path, dataset: str | None = None, jobs: int | No
         raise AttnMelError(f"--jobs must be at least 1, got {jobs}")
     plans = plan_runs(spec, out_root, overrides)
     sweep_dir = sweep_dir_of(spec, out_root)
+    _check_same_dataset(sweep_dir, spec)
     sweep_dir.mkdir(parents=True, exist_ok=True)
     write_sweep_record(sweep_dir, spec, overrides)
     console = console or _console()

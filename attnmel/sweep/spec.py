@@ -25,8 +25,9 @@ is a one-line error naming the file and key). A run's config is, later winning: 
 <- ``overrides`` <- ``datasets.<d>.overrides`` <- arm ``overrides`` <- arm ``datasets.<d>`` <-
 command-line ``key=value`` <- ``seed``, ``out_dir``, ``name`` (set by the sweep).
 
-Runs live in ``<out_root>/<name>-<dataset>/<arm>/seed<k>/``: the dataset is part of the sweep folder so
-that a synthetic sweep and an ISIC sweep of the same file never resume each other's runs.
+Runs live in ``<out_root>/<name>/<arm>/seed<k>/``. The folder's ``sweep.json`` records the dataset, and a
+folder made for another dataset is refused (so a synthetic and an ISIC sweep of one file never resume each
+other's runs): pass ``--out`` to keep both.
 """
 
 from __future__ import annotations
@@ -76,8 +77,8 @@ class SweepSpec:
 
     @property
     def folder_name(self) -> str:
-        """``<name>-<dataset>``: the sweep folder under the output root."""
-        return f"{self.name}-{self.dataset}"
+        """``<name>``: the sweep folder under the output root."""
+        return self.name
 
     def arm(self, name: str) -> ArmSpec:
         for a in self.arms:
@@ -280,5 +281,5 @@ def plan_runs(spec: SweepSpec, out_root: str | Path = "sweeps", overrides: Itera
 
 
 def sweep_dir_of(spec: SweepSpec, out_root: str | Path = "sweeps") -> Path:
-    """The sweep folder: ``<out_root>/<name>-<dataset>``."""
+    """The sweep folder: ``<out_root>/<name>``."""
     return Path(out_root) / spec.folder_name
