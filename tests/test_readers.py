@@ -425,3 +425,22 @@ def test_errors_are_attnmel_errors_not_tracebacks(tmp_path):
     (tmp_path / "ISIC-2017_Training_Data").write_text("a file, not a folder")
     with pytest.raises(AttnMelError):
         read_split("isic2017", tmp_path, "train")
+
+
+@pytest.mark.parametrize("dataset, builder, csv_glob", [
+    ("isic2017", "make_isic2017_tree", "ISIC-2017_*_Part3_GroundTruth.csv"),
+    ("isic2016", "make_isic2016_tree", "ISBI2016_ISIC_Part3_*_GroundTruth.csv"),
+])
+def test_part1_only_download_reads_for_segmentation(request, dataset, builder, csv_glob):
+    from attnmel.data.readers import read_split
+
+    root = request.getfixturevalue(builder)()
+    with_labels = read_split(dataset, root, "test")
+    for csv in root.glob(csv_glob):
+        csv.unlink()
+    with pytest.raises(AttnMelError, match="Part3.*file not found"):
+        read_split(dataset, root, "test")
+    index = read_split(dataset, root, "test", labels_optional=True)
+    assert [s.image_id for s in index.samples] == [s.image_id for s in with_labels.samples]
+    assert [s.mask for s in index.samples] == [s.mask for s in with_labels.samples]
+    assert set(index.labels()) == {0}

@@ -294,7 +294,8 @@ class AttnMelDataModule(pl.LightningDataModule):
             self._indexes[split] = read_split(self.dataset_name, self.root, split,
                                               num_classes=int(self.data_cfg["num_classes"]),
                                               val_fraction=float(self.data_cfg.get("val_fraction", 0.2)),
-                                              cache_dir=self.data_cfg.get("cache_dir") or ".cache/attnmel")
+                                              cache_dir=self.data_cfg.get("cache_dir") or ".cache/attnmel",
+                                              labels_optional=self.segmentation)
         return self._indexes[split]
 
     @property

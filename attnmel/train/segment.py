@@ -110,7 +110,7 @@ def evaluate_segmentation(run, split: str = "test") -> dict:
     from attnmel.train.run import update_metrics
 
     d = run.cfg["data"]
-    index = read_split(d["dataset"], d["root"], split)
+    index = read_split(d["dataset"], d["root"], split, labels_optional=True)
     samples = [s for s in index.samples if s.mask is not None]
     if not samples:
         raise AttnMelError(f"{d['root']}: split '{split}' has no lesion masks to score against")

@@ -10,6 +10,8 @@ Options (``opts``); a reader ignores those that do not apply to its dataset:
   seed           isic2016 / ham10000: seed of the drawn split (default 0). Not the run seed: the split is
                  written to disk and shared by every run
   cache_dir      where a drawn split is written when the dataset root is read-only
+  labels_optional  isic2016 / isic2017: without the Part 3 label CSV (a Part 1-only download, for
+                 segmentation) every image gets label 0 instead of an error
 """
 
 from __future__ import annotations
@@ -38,7 +40,7 @@ NUM_CLASSES: dict[str, tuple[int, ...]] = {
 # Datasets without class labels: for segmentation only.
 SEGMENTATION_ONLY = frozenset({"isic2018_task1"})
 
-OPTIONS = ("validate", "val_fraction", "test_fraction", "seed", "cache_dir")
+OPTIONS = ("validate", "val_fraction", "test_fraction", "seed", "cache_dir", "labels_optional")
 
 
 def _synthetic(root: str | Path, split: str, num_classes: int = 2) -> DatasetIndex:

@@ -36,8 +36,12 @@ SPLIT_DEFAULTS = {"val_fraction": 0.2, "seed": 0}
 
 
 def read(root: str | Path, split: str, num_classes: int = 2, val_fraction: float = 0.2, seed: int = 0,
-         cache_dir: str | Path | None = None) -> DatasetIndex:
-    """Index one split; ``val`` and ``train`` share the training folder, divided by the persisted split."""
+         cache_dir: str | Path | None = None, labels_optional: bool = False) -> DatasetIndex:
+    """Index one split; ``val`` and ``train`` share the training folder, divided by the persisted split.
+
+    ``labels_optional``: without the Part 3 CSV (a Part 1-only download, for segmentation) every image gets
+    label 0 instead of an error.
+    """
     check_num_classes("isic2016", num_classes, (2,))
     val_fraction = check_fraction("val_fraction", val_fraction)
     root = check_root(root)
@@ -46,11 +50,14 @@ def read(root: str | Path, split: str, num_classes: int = 2, val_fraction: float
     if data_dir is None:
         raise missing_folder(root, f"ISBI2016_ISIC_Part3_{part}_Data", split, "ISBI2016_", "ISIC 2016")
     csv_path = find_file(root, [f"ISBI2016_ISIC_Part3_{part}_GroundTruth.csv"])
-    if csv_path is None:
-        raise file_error(root / f"ISBI2016_ISIC_Part3_{part}_GroundTruth.csv",
-                         f"file not found (the labels of the {split} split)")
-    labels = read_labels(csv_path)
     images = list_images(data_dir)
+    if csv_path is None:
+        if not labels_optional:
+            raise file_error(root / f"ISBI2016_ISIC_Part3_{part}_GroundTruth.csv",
+                             f"file not found (the labels of the {split} split)")
+        labels, csv_path = dict.fromkeys(images, 0), data_dir
+    else:
+        labels = read_labels(csv_path)
     unlabelled = images.keys() - labels.keys()
     if part == "Training":
         params = {"val_fraction": val_fraction, "seed": int(seed)}

@@ -34,8 +34,13 @@ SPLIT_TAGS = {"train": ("Training",), "val": ("Validation",), "test": ("Test_v2"
 CLASSES_3 = ["nevus", "melanoma", "seborrheic_keratosis"]
 
 
-def read(root: str | Path, split: str, num_classes: int = 2, dataset: str = "isic2017") -> DatasetIndex:
-    """Index one split of an ISIC 2017 download (no decoding)."""
+def read(root: str | Path, split: str, num_classes: int = 2, dataset: str = "isic2017",
+         labels_optional: bool = False) -> DatasetIndex:
+    """Index one split of an ISIC 2017 download (no decoding).
+
+    ``labels_optional``: without the Part 3 CSV (a Part 1-only download, for segmentation) every image gets
+    label 0 instead of an error.
+    """
     check_num_classes(dataset, num_classes, (2, 3))
     root = check_root(root)
     tags = SPLIT_TAGS[split]
@@ -43,11 +48,14 @@ def read(root: str | Path, split: str, num_classes: int = 2, dataset: str = "isi
     if data_dir is None:
         raise missing_folder(root, f"ISIC-2017_{tags[0]}_Data", split, "ISIC-2017_", "ISIC 2017")
     csv_path = find_file(root, [f"ISIC-2017_{t}_Part3_GroundTruth.csv" for t in tags])
-    if csv_path is None:
-        raise file_error(root / f"ISIC-2017_{tags[0]}_Part3_GroundTruth.csv",
-                         f"file not found (the labels of the {split} split)")
-    labels = read_labels(csv_path, num_classes)
     images = list_images(data_dir)
+    if csv_path is None:
+        if not labels_optional:
+            raise file_error(root / f"ISIC-2017_{tags[0]}_Part3_GroundTruth.csv",
+                             f"file not found (the labels of the {split} split)")
+        labels, csv_path = dict.fromkeys(images, 0), data_dir
+    else:
+        labels = read_labels(csv_path, num_classes)
     mask_dir = find_dir(root, [f"ISIC-2017_{t}_Part1_GroundTruth" for t in tags])
     masks = list_suffixed(mask_dir, "_segmentation", ".png")
     dermo_dir = find_dir(root, [f"ISIC-2017_{t}_Part2_GroundTruth" for t in tags])
