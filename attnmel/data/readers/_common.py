@@ -11,7 +11,7 @@ import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Mapping
+from typing import Callable, Iterable, Mapping
 
 from attnmel.data.samples import DatasetIndex, Sample
 from attnmel.errors import AttnMelError, file_error
@@ -260,3 +260,15 @@ def assemble(dataset: str, split: str, class_names: list[str], labels: Mapping[s
         raise file_error(image_dir, f"no labelled images for the {split} split (labels from {label_file.name})")
     return DatasetIndex(dataset=dataset, split=split, samples=samples, class_names=list(class_names),
                         skipped=skipped)
+
+
+def labels_or_unlabelled(csv_path: Path | None, expected: Path, split: str, images: Mapping[str, Path],
+                         read_labels: Callable[[Path], dict[str, int]], labels_optional: bool,
+                         data_dir: Path) -> tuple[dict[str, int], Path]:
+    """The split's labels and the file they came from; without the label CSV, every image labelled 0 when
+    ``labels_optional`` (a Part 1-only download read for segmentation), else a one-line error."""
+    if csv_path is not None:
+        return read_labels(csv_path), csv_path
+    if not labels_optional:
+        raise file_error(expected, f"file not found (the labels of the {split} split)")
+    return dict.fromkeys(images, 0), data_dir

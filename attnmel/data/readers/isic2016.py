@@ -21,6 +21,7 @@ from attnmel.data.readers._common import (
     check_root,
     find_dir,
     find_file,
+    labels_or_unlabelled,
     list_images,
     list_suffixed,
     missing_folder,
@@ -51,13 +52,8 @@ def read(root: str | Path, split: str, num_classes: int = 2, val_fraction: float
         raise missing_folder(root, f"ISBI2016_ISIC_Part3_{part}_Data", split, "ISBI2016_", "ISIC 2016")
     csv_path = find_file(root, [f"ISBI2016_ISIC_Part3_{part}_GroundTruth.csv"])
     images = list_images(data_dir)
-    if csv_path is None:
-        if not labels_optional:
-            raise file_error(root / f"ISBI2016_ISIC_Part3_{part}_GroundTruth.csv",
-                             f"file not found (the labels of the {split} split)")
-        labels, csv_path = dict.fromkeys(images, 0), data_dir
-    else:
-        labels = read_labels(csv_path)
+    labels, csv_path = labels_or_unlabelled(csv_path, root / f"ISBI2016_ISIC_Part3_{part}_GroundTruth.csv", split,
+                                            images, read_labels, labels_optional, data_dir)
     unlabelled = images.keys() - labels.keys()
     if part == "Training":
         params = {"val_fraction": val_fraction, "seed": int(seed)}

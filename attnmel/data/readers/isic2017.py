@@ -21,6 +21,7 @@ from attnmel.data.readers._common import (
     check_root,
     find_dir,
     find_file,
+    labels_or_unlabelled,
     list_images,
     list_suffixed,
     missing_folder,
@@ -49,13 +50,8 @@ def read(root: str | Path, split: str, num_classes: int = 2, dataset: str = "isi
         raise missing_folder(root, f"ISIC-2017_{tags[0]}_Data", split, "ISIC-2017_", "ISIC 2017")
     csv_path = find_file(root, [f"ISIC-2017_{t}_Part3_GroundTruth.csv" for t in tags])
     images = list_images(data_dir)
-    if csv_path is None:
-        if not labels_optional:
-            raise file_error(root / f"ISIC-2017_{tags[0]}_Part3_GroundTruth.csv",
-                             f"file not found (the labels of the {split} split)")
-        labels, csv_path = dict.fromkeys(images, 0), data_dir
-    else:
-        labels = read_labels(csv_path, num_classes)
+    labels, csv_path = labels_or_unlabelled(csv_path, root / f"ISIC-2017_{tags[0]}_Part3_GroundTruth.csv", split,
+                                            images, lambda p: read_labels(p, num_classes), labels_optional, data_dir)
     mask_dir = find_dir(root, [f"ISIC-2017_{t}_Part1_GroundTruth" for t in tags])
     masks = list_suffixed(mask_dir, "_segmentation", ".png")
     dermo_dir = find_dir(root, [f"ISIC-2017_{t}_Part2_GroundTruth" for t in tags])
