@@ -113,6 +113,8 @@ def dispatch(args: argparse.Namespace) -> int | None:
                 raise AttnMelError(f"{args.resume}: not a run folder (no config.yaml)")
             cfg = config_mod.merge(cfg, config_mod.parse_overrides(args.overrides), schema=config_mod.defaults(),
                                    source="command line")
+            # The folder the user named, wherever it has been moved since it was made.
+            cfg.update(out_dir=str(args.resume.parent), name=args.resume.name)
             out = train(cfg, resume=True)
         else:
             if args.config is None:
@@ -196,10 +198,8 @@ def _demo(args: argparse.Namespace) -> int:
     else:
         train(cfg)
     _print_headline(out)
-    try:
-        from attnmel.report.build import build_report
-    except ImportError:
-        return 0
+    from attnmel.report.build import build_report
+
     path = build_report(out, split="test")
     print(f"report: {path}")
     return 0

@@ -191,3 +191,17 @@ def test_svm_option_averages_softmax_and_svm(trained, tmp_path):
     plain = {r["image_id"]: float(r["melanoma"]) for r in csv.DictReader(open(trained / "predictions.csv"))}
     assert fused.keys() == plain.keys()
     assert not np.allclose([fused[k] for k in plain], list(plain.values()), atol=1e-4)
+
+
+def test_cli_resume_of_a_moved_run_folder(synthetic_root, tmp_path, capsys):
+    import shutil
+
+    part = run_mod.train(tiny_cfg(synthetic_root, tmp_path / "a", "r", "trainer.max_epochs=1"), evaluate_after=False)
+    moved = tmp_path / "b" / "moved"
+    shutil.move(str(part), moved)
+    assert cli_main(["train", "--resume", str(moved), "trainer.max_epochs=2"]) == 0
+    ckpt = torch.load(moved / "checkpoints" / "last.ckpt", weights_only=True)
+    assert ckpt["epoch"] == 1 and (moved / "metrics.json").is_file()
+    assert not (tmp_path / "a" / "r").exists()
+    assert cli_main(["train", "--resume", str(tmp_path / "nope")]) == 2
+    assert "not a run folder" in capsys.readouterr().err

@@ -118,8 +118,7 @@ def train(cfg: dict, *, resume: bool = False, evaluate_after: bool = True) -> Pa
     if resume:
         if not last.is_file():
             raise file_error(last, "no checkpoint to resume from (train without --resume first)")
-        saved = config_mod.read_yaml(run_dir / "config.yaml")
-        cfg = saved if cfg is None else _resume_config(saved, cfg)
+        cfg = _resume_config(config_mod.read_yaml(run_dir / "config.yaml"), cfg)
     elif (run_dir / "checkpoints").is_dir() and any((run_dir / "checkpoints").glob("*.ckpt")):
         raise file_error(run_dir, "run folder already holds checkpoints: pass --resume to continue it, "
                                   "or name=<new name> for a new run")
@@ -141,7 +140,7 @@ def train(cfg: dict, *, resume: bool = False, evaluate_after: bool = True) -> Pa
 
 def _resume_config(saved: dict, new: dict) -> dict:
     # Only the schedule may change on resume (more epochs); everything else is the saved run's.
-    out = dict(saved)
+    out = dict(saved, out_dir=new["out_dir"], name=new["name"])
     out["trainer"] = {**saved["trainer"], "max_epochs": new["trainer"]["max_epochs"]}
     return out
 
