@@ -211,3 +211,22 @@ def test_bad_spec_is_a_config_error():
         BaseSpec(crop_to_mask="zoom")
     with pytest.raises(AttnMelError, match="image_size"):
         TrainTransform(64)(np.zeros((32, 32, 3), np.uint8))
+
+
+def test_whole_image_mode_keeps_every_pixel_of_a_non_square_image():
+    from attnmel.data.transforms import BaseSpec, base_preprocess, crop_box
+
+    spec = BaseSpec.from_cfg({"resize": 32, "center_crop": None})
+    assert crop_box(120, 60, spec) == (0.0, 0.0, 120.0, 60.0)
+    image = np.zeros((60, 120, 3), np.uint8)
+    mask = np.zeros((60, 120), bool)
+    image[:10, :20] = 255  # top-left corner block: a centre crop would cut it off
+    mask[:10, :20] = True
+    img, m, _ = base_preprocess(image, (120, 60), spec, mask=mask)
+    assert img.shape == (32, 32, 3) and m.shape == (32, 32)
+    # The block covers the top-left 20/120 x 10/60 of the frame: 5 x 5 of 32 pixels after squeezing.
+    assert m[:5, :5].all() and not m[6:, :].any() and not m[:, 6:].any()
+    assert (img[m.astype(bool)] > 200).all()
+    assert (img[7:] < 10).all() and (img[:, 7:] < 10).all()  # beyond the bilinear edge pixel: background
+    with pytest.raises(AttnMelError, match="center_crop must be in"):
+        BaseSpec.from_cfg({"resize": 32, "center_crop": 1.5})

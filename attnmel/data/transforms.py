@@ -85,15 +85,15 @@ class BaseSpec:
     """Parameters of the deterministic base step (everything that changes the cached arrays)."""
 
     resize: int = 256
-    center_crop: float = 0.8
+    center_crop: float | None = 0.8  # None: the whole image, resized to a square (aspect not kept)
     crop_to_mask: str | None = None  # None | "crop" | "masked"
     crop_margin: float = 0.1
 
     def __post_init__(self) -> None:
         if self.crop_to_mask not in CROP_TO_MASK_MODES:
             raise AttnMelError(f"config: data.crop_to_mask must be null, crop or masked, got {self.crop_to_mask!r}")
-        if not 0 < self.center_crop <= 1:
-            raise AttnMelError(f"config: data.center_crop must be in (0, 1], got {self.center_crop!r}")
+        if self.center_crop is not None and not 0 < self.center_crop <= 1:
+            raise AttnMelError(f"config: data.center_crop must be in (0, 1] or null, got {self.center_crop!r}")
         if self.crop_margin < 0:
             raise AttnMelError(f"config: data.crop_margin must be >= 0, got {self.crop_margin!r}")
         if self.resize < 1:
@@ -105,7 +105,8 @@ class BaseSpec:
         mode = cfg_data.get("crop_to_mask")
         if isinstance(mode, str) and mode.lower() in ("none", "null", ""):
             mode = None
-        return cls(resize=int(cfg_data.get("resize", 256)), center_crop=float(cfg_data.get("center_crop", 0.8)),
+        crop = cfg_data.get("center_crop", 0.8)
+        return cls(resize=int(cfg_data.get("resize", 256)), center_crop=None if crop is None else float(crop),
                    crop_to_mask=mode, crop_margin=float(cfg_data.get("crop_margin", 0.1) or 0.0))
 
     def as_dict(self) -> dict:
@@ -133,7 +134,8 @@ def crop_box(width: int, height: int, spec: BaseSpec, crop_mask: np.ndarray | No
     non-empty ``crop_mask``: a square around the mask's bounding box, its side the box's longer side plus
     ``crop_margin`` of it on each side, shifted (not shrunk) to stay inside the image and clipped only where
     the image is smaller. An empty mask falls back to the centre crop (a segmenter that found nothing should
-    not blank the image).
+    not blank the image). ``center_crop`` None: the whole image (the segmentation seeds' choice, so a
+    predicted mask maps back onto every pixel).
     """
     if spec.crop_to_mask == "crop" and crop_mask is not None:
         bbox = _mask_bbox(crop_mask, width, height)
@@ -145,6 +147,8 @@ def crop_box(width: int, height: int, spec: BaseSpec, crop_mask: np.ndarray | No
             x0 = min(max(cx - w / 2, 0.0), width - w)
             y0 = min(max(cy - h / 2, 0.0), height - h)
             return (x0, y0, x0 + w, y0 + h)
+    if spec.center_crop is None:
+        return (0.0, 0.0, float(width), float(height))
     side = spec.center_crop * min(width, height)
     return ((width - side) / 2, (height - side) / 2, (width + side) / 2, (height + side) / 2)
 

@@ -14,15 +14,21 @@ def display_crop(image: np.ndarray, data_cfg: dict) -> np.ndarray:
     """The region the eval transform sees, as RGB uint8 at ``image_size``: for drawing maps over it.
 
     Eval geometry = square centre crop (``center_crop`` x short side) -> resize to ``resize`` -> centre crop
-    ``image_size``, which is one centre crop of side ``center_crop * short * image_size / resize``.
+    ``image_size``, which is one centre crop of side ``center_crop * short * image_size / resize``
+    (``center_crop`` null: the whole image resized to a square first).
     """
     from PIL import Image
 
     h, w = image.shape[:2]
-    side = max(1, int(round(data_cfg["center_crop"] * min(h, w) * data_cfg["image_size"] / data_cfg["resize"])))
+    size, resize = int(data_cfg["image_size"]), int(data_cfg["resize"])
+    if data_cfg["center_crop"] is None:  # the whole image squeezed to resize x resize, then the centre crop
+        full = np.asarray(Image.fromarray(image).resize((resize, resize), Image.BILINEAR))
+        off = (resize - size) // 2
+        return np.ascontiguousarray(full[off:off + size, off:off + size])
+    side = max(1, int(round(data_cfg["center_crop"] * min(h, w) * size / resize)))
     top, left = (h - side) // 2, (w - side) // 2
     crop = Image.fromarray(image[top:top + side, left:left + side])
-    return np.asarray(crop.resize((data_cfg["image_size"],) * 2, Image.BILINEAR))
+    return np.asarray(crop.resize((size, size), Image.BILINEAR))
 
 
 def predict_images(run_dir: str | Path, images: list[Path], overlay_dir: Path | None = None,
