@@ -386,3 +386,15 @@ def test_unet_learns_synthetic_lesions():
     with torch.no_grad():
         jaccard = jaccard_per_image(model(test_x), test_y).mean().item()
     assert jaccard >= 0.8
+
+
+def test_segmenter_options_come_from_the_config_and_unknown_ones_are_errors():
+    from attnmel import config as config_mod
+    from attnmel.models.segmentation import build_segmenter
+
+    cfg = config_mod.load_config(None, ["model.name=maskrcnn", "model.pretrained=none",
+                                        "model.options.score_threshold=0.3", "model.options.min_size=64"])
+    model = build_segmenter("maskrcnn", cfg["model"])
+    assert model.score_threshold == pytest.approx(0.3)
+    with pytest.raises(AttnMelError, match="unknown option.*fuse_stride .*known: fuse_strides"):
+        build_segmenter("fcrn", {"pretrained": "none", "options": {"fuse_stride": [8]}})

@@ -4,10 +4,10 @@ Every segmenter is a plain ``nn.Module`` whose ``forward(x: (B,3,H,W))`` returns
 (B,1,H,W) at the input's size. ``attnmel.models.build_model`` delegates these names here.
 
 ``model_cfg`` keys read (defaults.yaml ``model``): ``pretrained`` (all three), ``width`` (U-Net:
-channel multiplier of a 32-channel first stage). Optional keys that defaults.yaml does not define yet
-(so a config cannot set them until it does; code can): ``fuse_strides`` (FCRN), ``min_size``,
-``max_size``, ``score_threshold``, ``trainable_backbone_layers``, ``detector_options`` (keyword
-arguments of torchvision's ``MaskRCNN``) (Mask R-CNN).
+channel multiplier of a 32-channel first stage), and ``options``, the model's own settings (an unknown one
+is an error): ``fuse_strides`` (FCRN); ``min_size``, ``max_size``, ``score_threshold``,
+``trainable_backbone_layers``, ``detector_options`` (keyword arguments of torchvision's ``MaskRCNN``)
+(Mask R-CNN). E.g. ``model.options.score_threshold=0.3``.
 """
 
 from __future__ import annotations
@@ -26,8 +26,18 @@ UNET_BASE_WIDTH = 32
 log = logging.getLogger(__name__)
 
 
+OPTIONS = {"unet": (), "fcrn": ("fuse_strides",),
+           "maskrcnn": ("min_size", "max_size", "score_threshold", "trainable_backbone_layers", "detector_options")}
+
+
 def build_segmenter(name: str, model_cfg: dict[str, Any]) -> nn.Module:
     """Build the segmenter ``name`` (unet | fcrn | maskrcnn) from the ``model`` config section."""
+    options = _mapping(model_cfg.get("options"), "options")
+    unknown = sorted(set(options) - set(OPTIONS.get(name, ())))
+    if unknown:
+        known = ", ".join(OPTIONS.get(name, ())) or "none"
+        raise AttnMelError(f"model.options: unknown option(s) {', '.join(unknown)} for {name} (known: {known})")
+    model_cfg = {**model_cfg, **options}
     pretrained = model_cfg.get("pretrained", "none")
     if name == "unet":
         from attnmel.models.segmentation.unet import UNet
