@@ -211,20 +211,26 @@ def load_run(run_dir: str | Path, which: str = BEST) -> LoadedRun:
 
 # -- evaluation ---------------------------------------------------------------------------------
 @torch.inference_mode()
-def predict_probs(model: nn.Module, loader, device: str = "cpu") -> tuple[list[str], np.ndarray, np.ndarray]:
-    """Image ids, class probabilities (N, K) and labels (N,) over a DataLoader, batched, no gradients."""
+def predict_probs(model: nn.Module, loader, device: str = "cpu", with_features: bool = False):
+    """Image ids, class probabilities (N, K) and labels (N,) over a DataLoader, batched, no gradients;
+    ``with_features`` adds the penultimate features (N, D) as a fourth value."""
     model.to(device).eval()
     ids: list[str] = []
     probs: list[np.ndarray] = []
     labels: list[np.ndarray] = []
+    feats: list[np.ndarray] = []
     for batch in loader:
         out = model(batch["image"].to(device))
         probs.append(torch.softmax(out.logits.float(), dim=1).cpu().numpy())
         labels.append(batch["label"].cpu().numpy())
+        if with_features:
+            feats.append(out.features.float().cpu().numpy())
         ids += list(batch["image_id"])
     if not probs:
-        return [], np.zeros((0, 0)), np.zeros(0, dtype=int)
-    return ids, np.concatenate(probs), np.concatenate(labels)
+        empty = ([], np.zeros((0, 0)), np.zeros(0, dtype=int))
+        return (*empty, np.zeros((0, 0))) if with_features else empty
+    result = (ids, np.concatenate(probs), np.concatenate(labels))
+    return (*result, np.concatenate(feats)) if with_features else result
 
 
 def evaluate(run_dir: str | Path, split: str = "test") -> dict:
@@ -239,13 +245,14 @@ def evaluate(run_dir: str | Path, split: str = "test") -> dict:
         return evaluate_segmentation(run, split)
     dm = AttnMelDataModule(run.cfg)
     loader = dm.eval_dataloader(split)
-    ids, probs, labels = predict_probs(run.model, loader)
+    use_svm = bool(run.cfg["model"].get("svm"))
+    ids, probs, labels, *feats = predict_probs(run.model, loader, with_features=use_svm)
     if not ids:
         raise AttnMelError(f"{run.cfg['data']['root']}: split '{split}' has no images")
     extra: dict = {}
-    if run.cfg["model"].get("svm"):
+    if use_svm:
         softmax_only = classification_metrics(labels, probs, run.class_names, run.melanoma_index)
-        probs = _svm_average(run, dm, split)
+        probs = _svm_average(run, dm, probs, feats[0])
         extra["classification_softmax_only" + ("" if split == "test" else f"_{split}")] = softmax_only
     metrics = classification_metrics(labels, probs, run.class_names, run.melanoma_index)
     suffix = "" if split == "test" else f"_{split}"
@@ -255,18 +262,17 @@ def evaluate(run_dir: str | Path, split: str = "test") -> dict:
     return metrics
 
 
-def _svm_average(run: LoadedRun, dm, split: str) -> np.ndarray:
+def _svm_average(run: LoadedRun, dm, softmax: np.ndarray, feats: np.ndarray) -> np.ndarray:
     """The TMI 2017 fusion: fit (once, on the training split) the SVM on penultimate features, then average."""
-    from attnmel.train.svm import SVM_FILE, FeatureSVM, average_with_svm, extract_features, fit_feature_svm
+    from attnmel.train.svm import SVM_FILE, FeatureSVM, average_with_svm, fit_feature_svm
 
     path = run.run_dir / SVM_FILE
     if path.is_file():
         svm = FeatureSVM.load(path)
     else:
-        feats, _, labels = extract_features(run.model, dm.eval_dataloader("train"))
-        svm = fit_feature_svm(feats, labels, num_classes=len(run.class_names), seed=int(run.cfg["seed"]))
+        _, _, train_labels, train_feats = predict_probs(run.model, dm.eval_dataloader("train"), with_features=True)
+        svm = fit_feature_svm(train_feats, train_labels, num_classes=len(run.class_names), seed=int(run.cfg["seed"]))
         svm.save(path)
-    feats, softmax, _ = extract_features(run.model, dm.eval_dataloader(split))
     return average_with_svm(softmax, feats, svm)
 
 

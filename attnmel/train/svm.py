@@ -11,8 +11,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import torch
-from torch import nn
 
 from attnmel.errors import file_error
 from attnmel.io import atomic_path
@@ -83,19 +81,6 @@ def fit_feature_svm(feats: np.ndarray, labels: np.ndarray, num_classes: int, C: 
     return FeatureSVM(scaler.mean_, scaler.scale_, np.atleast_2d(svc.coef_), np.atleast_1d(svc.intercept_),
                       np.atleast_2d(cal.coef_), np.atleast_1d(cal.intercept_), cal.classes_.astype(int),
                       int(num_classes))
-
-
-@torch.inference_mode()
-def extract_features(model: nn.Module, loader) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Penultimate features, softmax probabilities and labels over a loader (batched, no gradients)."""
-    model.eval()
-    feats, probs, labels = [], [], []
-    for batch in loader:
-        out = model(batch["image"])
-        feats.append(out.features.float().cpu().numpy())
-        probs.append(torch.softmax(out.logits.float(), dim=1).cpu().numpy())
-        labels.append(batch["label"].cpu().numpy())
-    return np.concatenate(feats), np.concatenate(probs), np.concatenate(labels)
 
 
 def average_with_svm(softmax: np.ndarray, feats: np.ndarray, svm: FeatureSVM) -> np.ndarray:
