@@ -11,15 +11,19 @@ ARGS ?=
 
 ROOT_ARG := $(if $(ROOT),data.root=$(ROOT),)
 
-.PHONY: install test test-slow test-browser demo train evaluate report sweep bench clean
+.PHONY: install lint test test-slow test-browser demo train evaluate report sweep bench clean
 
 install: $(STAMP)
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[test]'
+	$(BIN)/python -m pip install --quiet -e '.[test,lint]'
 	@touch $(STAMP)
+
+lint: install
+	$(BIN)/ruff check attnmel tests
+	$(BIN)/lint-imports
 
 test: install
 	$(BIN)/python -m pytest -m "not slow and not browser" -q $(ARGS)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
 import sys
 from pathlib import Path
 
@@ -40,8 +39,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     t = sub.add_parser("train", help="train a model from a config into runs/<name>/")
     t.add_argument("--config", type=Path, help="experiments/<dataset>.yaml")
-    t.add_argument("--resume", type=Path, metavar="RUN_DIR", help="continue an interrupted run from its last checkpoint")
-    t.add_argument("overrides", nargs="*", help="key=value overrides, e.g. trainer.max_epochs=5 data.root=/data/isic2017")
+    t.add_argument("--resume", type=Path, metavar="RUN_DIR",
+                   help="continue an interrupted run from its last checkpoint")
+    t.add_argument("overrides", nargs="*",
+                   help="key=value overrides, e.g. trainer.max_epochs=5 data.root=/data/isic2017")
 
     e = sub.add_parser("evaluate", help="score a run on a split: metrics.json and predictions.csv")
     e.add_argument("run_dir", type=Path)
@@ -176,7 +177,7 @@ def _data(args: argparse.Namespace) -> int:
         mean, std = compute_stats(index, cfg["data"])
         print(f"mean: [{', '.join(f'{v:.4f}' for v in mean)}]")
         print(f"std:  [{', '.join(f'{v:.4f}' for v in std)}]")
-        print(f"(put these in the config as data.mean / data.std)")
+        print("(put these in the config as data.mean / data.std)")
         return 0
     raise AttnMelError(f"unknown data command {args.data_cmd}")
 

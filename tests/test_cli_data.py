@@ -1,8 +1,6 @@
 """`attnmel data synth | check | stats` through the command line."""
 
-from pathlib import Path
 
-import pytest
 
 from attnmel.cli import main
 

@@ -85,10 +85,9 @@ def test_config_round_trips_through_dump():
 def test_atomic_write_keeps_old_content_on_failure(tmp_path):
     target = tmp_path / "metrics.json"
     write_json(target, {"auc": 0.9})
-    with pytest.raises(RuntimeError):
-        with atomic_path(target) as tmp:
-            tmp.write_text("half-writ")
-            raise RuntimeError("crash")
+    with pytest.raises(RuntimeError), atomic_path(target) as tmp:
+        tmp.write_text("half-writ")
+        raise RuntimeError("crash")
     assert target.read_text().strip().startswith("{") and '"auc": 0.9' in target.read_text()
     assert [p.name for p in tmp_path.iterdir()] == ["metrics.json"]
 

@@ -160,7 +160,7 @@ def test_agrees_with_isic_scorer() -> None:
 
 
 def test_write_predictions_csv_roundtrip(tmp_path) -> None:
-    y, p = _random_case(5, 3, seed=7)
+    _, p = _random_case(5, 3, seed=7)
     ids = [f"ISIC_000000{i}" for i in range(5)]
     path = tmp_path / "sub" / "predictions.csv"
     write_predictions_csv(path, ids, p, NAMES3)

@@ -39,7 +39,7 @@ def test_identical_inverse_and_empty_conventions() -> None:
     assert segmentation_scores(~truth, truth)["jaccard"] == 0.0
     empty = np.zeros((6, 6), dtype=bool)
     # The official scorer scores "no lesion predicted, none there" as perfect.
-    assert segmentation_scores(empty, empty) == {k: 1.0 for k in METRIC_KEYS}
+    assert segmentation_scores(empty, empty) == dict.fromkeys(METRIC_KEYS, 1.0)
     full = np.ones((6, 6), dtype=bool)
     assert segmentation_scores(full, full)["specificity"] == 1.0
 

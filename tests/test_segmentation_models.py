@@ -176,8 +176,10 @@ def test_dice_loss_hand_computed():
     logits = torch.stack([_logit([0.8, 0.2, 0.6, 0.4]), _logit([0.5, 0.5, 0.5, 0.5])]).view(2, 1, 2, 2)
     target = torch.tensor([[1, 0, 1, 0], [0, 0, 0, 1]], dtype=torch.float32).view(2, 1, 2, 2)
     # Image 1: sum(p*m) = 1.4, sum(p) = 2.0, sum(m) = 2.  Image 2: 0.5, 2.0, 1.
-    assert soft_dice_loss(logits, target, eps=0.0).item() == pytest.approx(((1 - 2.8 / 4) + (1 - 1.0 / 3)) / 2, abs=1e-6)
-    assert soft_dice_loss(logits, target, eps=1.0).item() == pytest.approx(((1 - 3.8 / 5) + (1 - 2.0 / 4)) / 2, abs=1e-6)
+    expected_eps0 = ((1 - 2.8 / 4) + (1 - 1.0 / 3)) / 2
+    expected_eps1 = ((1 - 3.8 / 5) + (1 - 2.0 / 4)) / 2
+    assert soft_dice_loss(logits, target, eps=0.0).item() == pytest.approx(expected_eps0, abs=1e-6)
+    assert soft_dice_loss(logits, target, eps=1.0).item() == pytest.approx(expected_eps1, abs=1e-6)
     assert build_segmentation_loss({"name": "dice"})(logits, target).item() == pytest.approx(
         soft_dice_loss(logits, target, eps=1.0).item())
 

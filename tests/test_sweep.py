@@ -61,7 +61,7 @@ def test_delong_matches_sklearn_and_slow_implementation(ties: bool) -> None:
     assert auc == pytest.approx(roc_auc_score(y, a), abs=1e-12)
     var_a, var_b, cov, p = _slow_delong(y, a, b)
     assert var == pytest.approx(var_a, rel=1e-10)
-    aucs, v10, v01 = stats.structural_components(y, np.stack([a, b]))
+    _, v10, v01 = stats.structural_components(y, np.stack([a, b]))
     full = stats.delong_covariance(v10, v01)
     assert full[1, 1] == pytest.approx(var_b, rel=1e-10)
     assert full[0, 1] == pytest.approx(cov, rel=1e-10)
@@ -383,7 +383,7 @@ def test_summary_numbers_by_hand(fake_sweep) -> None:
     assert t["jaccard"]["pool4"]["p"] < 0.01
     assert "average_precision" in t and t["seeds"] == [0, 1]
 
-    rows = {r["arm"]: r for r in csv.DictReader(open(sweep_dir / "summary.csv"))}
+    rows = {r["arm"]: r for r in csv.DictReader((sweep_dir / "summary.csv").read_text().splitlines())}
     assert float(rows["good"]["auc_mean"]) == pytest.approx(0.88)
     assert float(rows["base"]["jaccard_pool4_mean"]) == pytest.approx(0.34)
     assert rows["bad"]["auc_mean"] == "" and rows["bad"]["seeds_missing"] == "0 1"

@@ -18,6 +18,10 @@ from attnmel.train import run as run_mod
 EXPERIMENTS = Path(__file__).resolve().parents[1] / "experiments"
 
 
+def _rows(path: Path) -> list[dict[str, str]]:
+    return list(csv.DictReader(path.read_text().splitlines()))
+
+
 def tiny_cfg(root: Path, out: Path, name: str, *extra: str) -> dict:
     return config_mod.load_config(EXPERIMENTS / "synthetic.yaml", [
         f"data.root={root}", f"out_dir={out}", f"name={name}", "data.image_size=64", "data.resize=64",
@@ -26,7 +30,7 @@ def tiny_cfg(root: Path, out: Path, name: str, *extra: str) -> dict:
 
 
 def _read_csv_metric(run_dir: Path, key: str) -> list[float]:
-    rows = list(csv.DictReader(open(run_dir / "logs" / "csv" / "metrics.csv")))
+    rows = list(csv.DictReader((run_dir / "logs" / "csv" / "metrics.csv").read_text().splitlines()))
     return [float(r[key]) for r in rows if r.get(key)]
 
 
@@ -45,7 +49,7 @@ def test_fit_lowers_the_loss_and_writes_the_run_folder(trained):
         assert (trained / f).is_file(), f
     m = json.loads((trained / "metrics.json").read_text())["classification"]
     assert 0.0 <= m["auc"] <= 1.0 and m["n_images"] > 0
-    header = next(csv.reader(open(trained / "predictions.csv")))
+    header = next(csv.reader((trained / "predictions.csv").read_text().splitlines()))
     assert header == ["image_id", "other", "melanoma"]
 
 
@@ -61,7 +65,7 @@ def test_checkpoint_is_plain_data_and_round_trips(trained):
     from attnmel.data.datamodule import AttnMelDataModule
 
     ids, probs, _ = run_mod.predict_probs(run.model, AttnMelDataModule(run.cfg).eval_dataloader("test"))
-    rows = {r["image_id"]: float(r["melanoma"]) for r in csv.DictReader(open(trained / "predictions.csv"))}
+    rows = {r["image_id"]: float(r["melanoma"]) for r in _rows(trained / "predictions.csv")}
     assert np.allclose([rows[i] for i in ids], probs[:, 1], atol=1e-5)
 
 
@@ -187,8 +191,8 @@ def test_svm_option_averages_softmax_and_svm(trained, tmp_path):
     # The fused probabilities differ from the softmax alone (the SVM moved them).
     soft = json.loads((trained / "metrics.json").read_text())["classification"]
     assert saved["classification_softmax_only"]["auc"] == pytest.approx(soft["auc"])
-    fused = {r["image_id"]: float(r["melanoma"]) for r in csv.DictReader(open(run / "predictions.csv"))}
-    plain = {r["image_id"]: float(r["melanoma"]) for r in csv.DictReader(open(trained / "predictions.csv"))}
+    fused = {r["image_id"]: float(r["melanoma"]) for r in _rows(run / "predictions.csv")}
+    plain = {r["image_id"]: float(r["melanoma"]) for r in _rows(trained / "predictions.csv")}
     assert fused.keys() == plain.keys()
     assert not np.allclose([fused[k] for k in plain], list(plain.values()), atol=1e-4)
 

@@ -85,7 +85,7 @@ class NaiveAttnMel(nn.Module):
         feats = torch.cat(vecs, dim=1)
         return self.fc(feats), maps, feats
 
-    def copy_from(self, model: nn.Module) -> "NaiveAttnMel":
+    def copy_from(self, model: nn.Module) -> NaiveAttnMel:
         """Take the weights of an :class:`AttnMelCNN` (sigmoid, both layers) so outputs are comparable."""
         self.features.load_state_dict(model.features.state_dict())
         for n in ("3", "4"):
@@ -322,7 +322,7 @@ def cpu_info() -> dict[str, Any]:
     mkldnn_bf16 = None
     try:
         mkldnn_bf16 = bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
-    except Exception:  # private op; absent in some builds
+    except (AttributeError, RuntimeError):  # private op; absent in some builds
         pass
     return {
         "processor": platform.processor() or platform.machine(),
@@ -419,8 +419,9 @@ def run(out_json: Path = Path("reports/bench/model.json"), sizes: tuple[int, ...
     report["load_avg_at_end"] = os.getloadavg()
     report["seconds"] = time.perf_counter() - t_start
     write_json(out_json, report)
-    print(json.dumps({"best": report["best"], "reference_ratio": report["reference_ratio"], "bf16_hardware": {k: report["cpu"][k] for k in (
-        "cpu_capability", "avx512_bf16", "amx_bf16", "mkldnn_bf16_supported")}}, indent=2))
+    bf16 = {k: report["cpu"][k] for k in ("cpu_capability", "avx512_bf16", "amx_bf16", "mkldnn_bf16_supported")}
+    print(json.dumps({"best": report["best"], "reference_ratio": report["reference_ratio"], "bf16_hardware": bf16},
+                     indent=2))
     print(f"wrote {out_json}")
     return report
 

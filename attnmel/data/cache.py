@@ -322,7 +322,7 @@ def default_workers() -> int:
 class _NoProgress:
     """Stand-in for rich's Progress when it is off (rich's import alone costs ~0.1 s)."""
 
-    def __enter__(self) -> "_NoProgress":
+    def __enter__(self) -> _NoProgress:
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -335,8 +335,14 @@ class _NoProgress:
 def _progress(enabled: bool, description: str, total: int):
     if not enabled:
         return _NoProgress(), 0
-    from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn,
-                               TimeRemainingColumn)
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
 
     prog = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                     TimeRemainingColumn(), transient=False)

@@ -26,8 +26,15 @@ import pytorch_lightning as pl
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler, get_worker_info
 
-from attnmel.data.cache import (DecodeSource, PreprocessCache, SourceFiles, ensure_cache, load_preprocessed,
-                                 predicted_masks, resolve_sources)
+from attnmel.data.cache import (
+    DecodeSource,
+    PreprocessCache,
+    SourceFiles,
+    ensure_cache,
+    load_preprocessed,
+    predicted_masks,
+    resolve_sources,
+)
 from attnmel.data.samples import SPLITS, DatasetIndex
 from attnmel.data.transforms import BaseSpec, EvalTransform, TrainTransform, normalization_from_cfg
 from attnmel.errors import AttnMelError, file_error
@@ -185,7 +192,8 @@ class PredictDataset(Dataset):
             m = pred.get(p.stem)
             if spec.crop_to_mask and m is None:
                 where = f"in {masks_dir}" if masks_dir else "(give data.masks=<folder of predicted masks>)"
-                raise file_error(p, f"data.crop_to_mask={spec.crop_to_mask} needs a mask for {p.stem}, none found {where}")
+                raise file_error(p, f"data.crop_to_mask={spec.crop_to_mask} needs a mask for {p.stem}, "
+                                    f"none found {where}")
             self.sources.append(SourceFiles(p.stem, p, crop_mask=m if spec.crop_to_mask else None,
                                             crop_mask_predicted=True))
 
@@ -331,7 +339,8 @@ class AttnMelDataModule(pl.LightningDataModule):
         if needed and not complete:
             missing = len(have) - sum(have)
             kind = "lesion masks" if what == "mask" else "dermoscopic-feature masks (ISIC 2017 Part 2)"
-            user = "task segmentation" if (what == "mask" and self.segmentation) else f"regulariser '{self.regulariser}'"
+            user = ("task segmentation" if (what == "mask" and self.segmentation)
+                    else f"regulariser '{self.regulariser}'")
             hint = ("; give data.masks=<folder of predicted masks> or set loss.regulariser=none" if what == "mask"
                     else "; use isic2017 or another regulariser")
             if what == "mask" and self.masks_dir is not None:

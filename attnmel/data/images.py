@@ -157,7 +157,8 @@ def load_mask_u8(path: str | Path, expected_hw: tuple[int, int] | None = None) -
     if expected_hw is not None and tuple(arr.shape) != tuple(expected_hw):
         raise file_error(
             path,
-            f"mask is {arr.shape[1]}x{arr.shape[0]} but its image is {expected_hw[1]}x{expected_hw[0]} (width x height)",
+            f"mask is {arr.shape[1]}x{arr.shape[0]} but its image is {expected_hw[1]}x{expected_hw[0]} "
+            "(width x height)",
         )
     return arr
 

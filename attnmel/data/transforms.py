@@ -100,7 +100,7 @@ class BaseSpec:
             raise AttnMelError(f"config: data.resize must be positive, got {self.resize!r}")
 
     @classmethod
-    def from_cfg(cls, cfg_data: Mapping) -> "BaseSpec":
+    def from_cfg(cls, cfg_data: Mapping) -> BaseSpec:
         """The base spec of a config's ``data`` section."""
         mode = cfg_data.get("crop_to_mask")
         if isinstance(mode, str) and mode.lower() in ("none", "null", ""):

@@ -11,11 +11,11 @@ from attnmel.losses.regularisers import (
 )
 
 __all__ = [
+    "DEFAULT_WEIGHTS",
+    "REGULARISERS",
     "AttentionRegulariser",
     "CrossEntropyLoss",
-    "DEFAULT_WEIGHTS",
     "FocalLoss",
-    "REGULARISERS",
     "build_classification_loss",
     "build_regulariser",
     "needs_masks",

@@ -27,7 +27,7 @@ import torch
 from attnmel.losses.regularisers import REGULARISERS, AttentionRegulariser, downsample_mask
 from attnmel.models.base import ClassifierOutput
 
-__all__ = ["KLRegulariser", "OutsideRegulariser", "EntropyRegulariser", "RRRRegulariser"]
+__all__ = ["EntropyRegulariser", "KLRegulariser", "OutsideRegulariser", "RRRRegulariser"]
 
 
 def spatial_distribution(x: torch.Tensor, eps: float) -> torch.Tensor:

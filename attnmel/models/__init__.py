@@ -12,8 +12,14 @@ from torch import nn
 from attnmel.errors import AttnMelError
 from attnmel.models.base import Classifier, ClassifierOutput
 
-__all__ = ["build_model", "ClassifierOutput", "Classifier", "MODEL_NAMES", "CLASSIFIER_NAMES",
-           "SEGMENTER_NAMES"]
+__all__ = [
+    "CLASSIFIER_NAMES",
+    "MODEL_NAMES",
+    "SEGMENTER_NAMES",
+    "Classifier",
+    "ClassifierOutput",
+    "build_model",
+]
 
 
 def _attnmel(cfg: dict[str, Any], k: int) -> Classifier:

@@ -130,7 +130,7 @@ def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
             if "mmap" not in str(e):
                 raise
             obj = torch.load(path, map_location="cpu", weights_only=True)  # legacy (non-zip) format
-    except Exception as e:  # torch raises many types for a bad file (pickle, zip, EOF, runtime)
+    except Exception as e:  # noqa: BLE001 - torch raises many types for a bad file (pickle, zip, EOF, runtime)
         first = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
         raise file_error(path, f"cannot read weights file ({first})") from None
     # Accept the usual wrappers around a state dict (a checkpoint with "state_dict", DDP "module.").

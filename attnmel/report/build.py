@@ -145,7 +145,7 @@ def forward_with_gradcam(model: nn.Module, images: torch.Tensor) -> ForwardResul
     gc = LayerGradCam(forward, layer)
     with _frozen(model), torch.enable_grad():
         attr = gc.attribute(images, target=0, relu_attributions=True)
-    out, forward_s = seen[-1]
+    out, _ = seen[-1]
     return ForwardResult(logits=out.logits.detach().float().cpu(),
                          maps={k: v.detach().float()[:, 0].cpu() for k, v in out.maps.items()},
                          gradcam=attr.detach().float().sum(dim=1).cpu(), forward_s=sum(t for _, t in seen))
@@ -246,7 +246,7 @@ def _collect(model: nn.Module, loader, has_masks: bool, integrated_gradients: bo
                 raise file_error(root, f"lesion mask of {ids[0]} is {tuple(mk.shape[-2:])} but its image is "
                                        f"{tuple(x.shape[-2:])} after the transform; masks must have the "
                                        "image's size")
-            masks = [m for m in (mk[:, 0] > 0.5).numpy()]
+            masks = list((mk[:, 0] > 0.5).numpy())
             scored = {k: [v[i].astype(np.float32) for i in range(len(ids))] for k, v in maps.items()}
             scored["blob"] = blob_maps(masks)
             rows = attention_quality(scored, masks, ids)["per_image"]

@@ -7,6 +7,7 @@ image), which keeps drawing a gallery of a few dozen cases well under a second.
 
 from __future__ import annotations
 
+import itertools
 import math
 from pathlib import Path
 from typing import Any, Mapping, Sequence
@@ -177,7 +178,7 @@ def contour_pixels(mask: np.ndarray, scale: int, thick: bool = True) -> np.ndarr
         pts = np.rint((c - 1 + 0.5) * scale - 0.5).astype(np.int64)
         pts[:, 0] = pts[:, 0].clip(0, h * scale - 1)
         pts[:, 1] = pts[:, 1].clip(0, w * scale - 1)
-        for (r0, c0), (r1, c1) in zip(pts[:-1], pts[1:]):
+        for (r0, c0), (r1, c1) in itertools.pairwise(pts):
             rr, cc = line(int(r0), int(c0), int(r1), int(c1))
             out[rr, cc] = True
     if thick and scale * max(h, w) >= MIN_PANEL_SIDE:

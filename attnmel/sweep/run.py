@@ -182,7 +182,7 @@ def run_one(plan: RunPlan, train_fn: Callable[..., Path] | None = None,
             return RunResult(plan.arm, plan.seed, str(run_dir), "done", time.perf_counter() - start)
         if not attention_done(read_metrics(run_dir)):
             attention_fn(run_dir)
-    except BaseException as e:  # noqa: BLE001 - one arm's failure (OOM, NaN, bug) must not stop the sweep
+    except BaseException as e:  # one arm's failure (OOM, NaN, bug) must not stop the sweep
         if isinstance(e, KeyboardInterrupt):
             raise
         message = _one_line(e)
@@ -364,7 +364,8 @@ def run_sweep(sweep_file: str | Path, dataset: str | None = None, jobs: int | No
     console.print(f"sweep {spec.name}: {len(results) - len(failed)}/{len(results)} runs finished in "
                   f"{time.perf_counter() - start:.0f}s; summary: {paths['md']}")
     for r in failed:
-        console.print(f"  failed: {r.arm} seed {r.seed}: {r.error} (see {Path(r.run_dir) / ERROR_FILE})", soft_wrap=True)
+        console.print(f"  failed: {r.arm} seed {r.seed}: {r.error} (see {Path(r.run_dir) / ERROR_FILE})",
+                      soft_wrap=True)
     return 1 if failed else 0
 
 

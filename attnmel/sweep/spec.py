@@ -178,7 +178,8 @@ def load_sweep(path: str | Path, dataset: str | None = None) -> SweepSpec:
 
     base = _mapping(path, "base", raw.get("base"))
     if not base:
-        raise file_error(path, "'base' must map each dataset to an experiment config, e.g. {synthetic: ../synthetic.yaml}")
+        raise file_error(path, "'base' must map each dataset to an experiment config, "
+                               "e.g. {synthetic: ../synthetic.yaml}")
     datasets_raw = _mapping(path, "datasets", raw.get("datasets"))
     for ds, block in datasets_raw.items():
         if ds not in base:
@@ -232,7 +233,8 @@ def load_sweep(path: str | Path, dataset: str | None = None) -> SweepSpec:
             if isinstance(only, str):
                 only = [only]
             if not isinstance(only, list) or any(ds not in base for ds in only):
-                raise file_error(path, f"arms[{name}].only must list datasets of 'base' ({', '.join(base)}), got {only!r}")
+                raise file_error(path, f"arms[{name}].only must list datasets of 'base' ({', '.join(base)}), "
+                                       f"got {only!r}")
             if dataset not in only:
                 continue
         merged = _deep_merge(_deep_merge(_deep_merge(shared, ds_over, schema), over, schema), arm_ds, schema)

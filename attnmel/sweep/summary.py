@@ -148,7 +148,10 @@ def collect(sweep_dir: Path, spec: SweepSpec, results: Iterable[Any] = ()) -> li
 
 # -- statistics per arm ----------------------------------------------------------------------------
 def summarise_arm(records: Sequence[RunRecord]) -> dict[str, Any]:
-    """Mean/std/n over the arm's finished seeds: ``{"classification": {key: {...}}, "attention": {map: {key: {...}}}}``."""
+    """Mean/std/n over the arm's finished seeds.
+
+    ``{"classification": {key: {...}}, "attention": {map: {key: {...}}}}``.
+    """
     done = [r for r in records if r.ok]
     cls: dict[str, Any] = {}
     for key in CLASSIFICATION_KEYS:
@@ -180,7 +183,8 @@ def paired_tests(arm_records: Sequence[RunRecord], base_records: Sequence[RunRec
         return out
     if labels:
         preds = [(read_predictions(a.run_dir / "predictions.csv"), read_predictions(b.run_dir / "predictions.csv"))
-                 for a, b in pairs if (a.run_dir / "predictions.csv").is_file() and (b.run_dir / "predictions.csv").is_file()]
+                 for a, b in pairs
+                 if (a.run_dir / "predictions.csv").is_file() and (b.run_dir / "predictions.csv").is_file()]
         if len(preds) == len(pairs):
             ids = [i for i in labels if all(i in pa and i in pb for pa, pb in preds)]
             y = np.array([labels[i] for i in ids])

@@ -49,7 +49,7 @@ class ClassificationModule(pl.LightningModule):
         self._val_labels: list[Tensor] = []
 
     # -- forward ------------------------------------------------------------------------------
-    def forward(self, x: Tensor):  # noqa: D401 - Lightning's hook
+    def forward(self, x: Tensor):  # Lightning's hook
         if self.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         return self.model(x)

@@ -72,7 +72,7 @@ class SegmentationModule(pl.LightningModule):
         # Mask R-CNN trains on its own losses, so loss.name (default: focal) is not read for it.
         self.criterion = None if self.uses_detection_loss else build_segmentation_loss(self.cfg["loss"])
 
-    def forward(self, x: Tensor) -> Tensor:  # noqa: D401 - Lightning's hook
+    def forward(self, x: Tensor) -> Tensor:  # Lightning's hook
         """Lesion logits (B,1,H,W)."""
         if self.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)

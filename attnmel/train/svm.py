@@ -50,12 +50,11 @@ class FeatureSVM:
         return out
 
     def save(self, path: Path) -> None:
-        with atomic_path(path) as tmp:
-            with open(tmp, "wb") as f:
-                np.savez(f, **{k: np.asarray(v) for k, v in self.__dict__.items()})
+        with atomic_path(path) as tmp, open(tmp, "wb") as f:
+            np.savez(f, **{k: np.asarray(v) for k, v in self.__dict__.items()})
 
     @classmethod
-    def load(cls, path: Path) -> "FeatureSVM":
+    def load(cls, path: Path) -> FeatureSVM:
         try:
             with np.load(path, allow_pickle=False) as z:
                 data = {k: z[k] for k in z.files}

@@ -178,7 +178,7 @@ def read_rows(path: Path) -> list[tuple[int, list[str]]]:
 def read_table(path: Path, required: Iterable[str]) -> CsvTable:
     """A CSV with a header row; a missing required column is an error that lists what is there."""
     rows = read_rows(path)
-    header_line, header = rows[0]
+    _, header = rows[0]
     columns = [c.strip().lower() for c in header]
     missing = [c for c in required if c not in columns]
     if missing:

@@ -19,7 +19,9 @@ from attnmel.errors import AttnMelError
 from attnmel.models.segmentation._weights import load_into, resnet50_state_dict
 
 # Output stride of each ResNet-50 stage and its channel count.
-STAGES: dict[int, tuple[str, int]] = {4: ("layer1", 256), 8: ("layer2", 512), 16: ("layer3", 1024), 32: ("layer4", 2048)}
+STAGES: dict[int, tuple[str, int]] = {
+    4: ("layer1", 256), 8: ("layer2", 512), 16: ("layer3", 1024), 32: ("layer4", 2048),
+}
 
 
 class FCRN(nn.Module):

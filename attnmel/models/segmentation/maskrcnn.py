@@ -181,7 +181,7 @@ class MaskRCNNSegmenter(nn.Module):
                 losses = self.detector(list(images), targets)
             finally:
                 self.detector.eval()
-        return torch.stack([v for v in losses.values()]).sum()
+        return torch.stack(list(losses.values())).sum()
 
 
 def _backbone(frozen: bool, trainable_layers: int) -> nn.Module:
