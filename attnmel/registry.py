@@ -45,11 +45,18 @@ class Registry(Generic[T]):
 
     def get(self, name: str | None, **tags: Any) -> T:
         """The object registered as ``name``; unknown (or, with ``tags``, not matching them): AttnMelError."""
-        if name in self._items and self._matches(name, tags):
-            return self._items[name]
-        qualifier = " ".join(str(v) for v in tags.values())
-        what = f"{qualifier} {self.kind}" if qualifier else self.kind
-        raise AttnMelError(f"unknown {self.key} '{name}' (no such {what}); known: {', '.join(self.names(**tags))}")
+        known = ", ".join(self.names(**tags))
+        if name in self._items:
+            if self._matches(name, tags):
+                return self._items[name]
+            qualifier = " ".join(str(v) for v in tags.values())
+            raise AttnMelError(f"{self.key} '{name}' is not a {qualifier} {self.kind}; known: {known}")
+        raise AttnMelError(f"unknown {self.key} '{name}'; known: {known}")
+
+    def unregister(self, name: str) -> None:
+        """Remove ``name`` (a test's or plugin's temporary entry); unknown names are ignored."""
+        self._items.pop(name, None)
+        self._tags.pop(name, None)
 
     def tags(self, name: str) -> dict[str, Any]:
         """The tags ``name`` was registered with (unknown name: AttnMelError)."""
@@ -62,6 +69,9 @@ class Registry(Generic[T]):
 
     def _matches(self, name: str, tags: dict[str, Any]) -> bool:
         return all(self._tags[name].get(k) == v for k, v in tags.items())
+
+    def __getitem__(self, name: str) -> T:
+        return self.get(name)
 
     def __contains__(self, name: object) -> bool:
         return name in self._items

@@ -15,6 +15,7 @@ from attnmel.losses import (
     build_classification_loss,
     build_regulariser,
     needs_masks,
+    register_regulariser,
     soft_dice_loss,
 )
 from attnmel.models import ClassifierOutput
@@ -57,6 +58,11 @@ def test_dice_hand_computed() -> None:
     m = torch.tensor([[1.0, 1.0], [0.0, 0.0]]).view(1, 1, 2, 2)
     # sum(a*m) = 1.5, sum(a) + sum(m) = 4 -> 1 - 3/4
     assert math.isclose(soft_dice_loss(a, m).item(), 0.25, abs_tol=1e-6)
+    # smooth counts in numerator and denominator, eps in the denominator only
+    assert math.isclose(soft_dice_loss(a, m, smooth=1.0).item(), 1 - 4 / 5, abs_tol=1e-6)
+    empty = torch.zeros(1, 1, 2, 2)
+    assert soft_dice_loss(empty, empty, smooth=1.0).item() == 0.0
+    assert soft_dice_loss(empty, empty, eps=1e-6).item() == 1.0
 
 
 def test_dice_is_per_image_then_averaged() -> None:
@@ -87,7 +93,7 @@ def test_targets_read_the_right_masks() -> None:
     ones, zeros = torch.ones(1, 1, 4, 4), torch.zeros(1, 1, 4, 4)
     w = {"pool3": 1.0}
     lesion, dermo, bkg = (build_regulariser(n, {}) for n in ("lesion", "dermo", "background"))
-    assert (lesion.target, dermo.target, bkg.target) == ("lesion", "dermo", "background")
+    assert (lesion.mask_key, dermo.mask_key, bkg.mask_key) == ("mask", "dermo", "mask")
     assert math.isclose(lesion(_out({"pool3": a}), {"mask": ones}, w).item(), 1 / 3, abs_tol=1e-5)
     assert math.isclose(bkg(_out({"pool3": a}), {"mask": zeros}, w).item(), 1 / 3, abs_tol=1e-5)
     assert math.isclose(bkg(_out({"pool3": a}), {"mask": ones}, w).item(), 1.0, abs_tol=1e-5)
@@ -110,11 +116,11 @@ def test_regulariser_needs_attention_maps() -> None:
 
 def test_none_regulariser_is_zero() -> None:
     reg = build_regulariser("none", {})
-    assert reg.target is None and reg.needs_input_grad is False
+    assert reg.mask_key is None and reg.needs_input_grad is False
     assert reg(_out({}), {}, {}).item() == 0.0
 
 
-def test_registry_errors_and_extension(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_registry_errors_and_extension() -> None:
     with pytest.raises(AttnMelError) as e:
         build_regulariser("saliency", {})
     for name in ("none", "lesion", "dermo", "background"):
@@ -125,19 +131,26 @@ def test_registry_errors_and_extension(monkeypatch: pytest.MonkeyPatch) -> None:
         build_regulariser("lesion", {"foo": 1})
     assert build_regulariser("lesion", {"eps": 1e-3}).eps == 1e-3
 
-    class Inverse(AttentionRegulariser):  # a new regulariser: one class + one registry line
-        name = "inverse"
-        target = "lesion"
-        needs_input_grad = True
+    try:
+        @register_regulariser("inverse")  # a new regulariser: one decorated class
+        class Inverse(AttentionRegulariser):
+            mask_key = "mask"
+            needs_input_grad = True
 
-        def layer_loss(self, a: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-            return a.mean()
+            def layer_loss(self, a: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+                return a.mean()
 
-    monkeypatch.setitem(REGULARISERS, "inverse", Inverse)
-    reg = build_regulariser("inverse", {})
-    assert reg.needs_input_grad and needs_masks("inverse") == "mask"
-    a = torch.full((1, 1, 2, 2), 0.25)
-    assert math.isclose(reg(_out({"pool3": a}), {"mask": torch.ones(1, 1, 4, 4)}, {"pool3": 2.0}).item(), 0.5)
+        reg = build_regulariser("inverse", {})
+        assert reg.name == "inverse" and "inverse" in REGULARISERS.names()
+        assert reg.needs_input_grad and needs_masks("inverse") == "mask"
+        a = torch.full((1, 1, 2, 2), 0.25)
+        assert math.isclose(reg(_out({"pool3": a}), {"mask": torch.ones(1, 1, 4, 4)}, {"pool3": 2.0}).item(), 0.5)
+        with pytest.raises(ValueError, match="twice"):
+            register_regulariser("inverse")(Inverse)
+        with pytest.raises(ValueError, match="mask_key"):
+            register_regulariser("halo")(type("Halo", (AttentionRegulariser,), {"mask_key": "halo"}))
+    finally:
+        REGULARISERS.unregister("inverse")
 
 
 def test_lesion_regulariser_decreases_when_optimised() -> None:

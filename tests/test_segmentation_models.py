@@ -11,7 +11,8 @@ import torch
 import torch.nn.functional as F
 
 from attnmel.errors import AttnMelError
-from attnmel.losses.segmentation import build_segmentation_loss, soft_dice_loss
+from attnmel.losses.dice import soft_dice_loss
+from attnmel.losses.segmentation import build_segmentation_loss
 from attnmel.models.segmentation import build_segmenter
 from attnmel.train.segmentation import SegmentationModule, jaccard_per_image
 
@@ -70,7 +71,7 @@ def maskrcnn():
 
 # -- builder ----------------------------------------------------------------------------------------
 def test_unknown_segmenter_is_a_one_line_error():
-    with pytest.raises(AttnMelError, match="unknown segmentation model 'segnet'.*unet, fcrn, maskrcnn"):
+    with pytest.raises(AttnMelError, match="unknown model.name 'segnet'.*unet, fcrn, maskrcnn"):
         build_segmenter("segnet", {})
 
 
@@ -178,17 +179,17 @@ def test_dice_loss_hand_computed():
     # Image 1: sum(p*m) = 1.4, sum(p) = 2.0, sum(m) = 2.  Image 2: 0.5, 2.0, 1.
     expected_eps0 = ((1 - 2.8 / 4) + (1 - 1.0 / 3)) / 2
     expected_eps1 = ((1 - 3.8 / 5) + (1 - 2.0 / 4)) / 2
-    assert soft_dice_loss(logits, target, eps=0.0).item() == pytest.approx(expected_eps0, abs=1e-6)
-    assert soft_dice_loss(logits, target, eps=1.0).item() == pytest.approx(expected_eps1, abs=1e-6)
-    assert build_segmentation_loss({"name": "dice"})(logits, target).item() == pytest.approx(
-        soft_dice_loss(logits, target, eps=1.0).item())
+    assert soft_dice_loss(logits.sigmoid(), target).item() == pytest.approx(expected_eps0, abs=1e-6)
+    assert soft_dice_loss(logits.sigmoid(), target, smooth=1.0).item() == pytest.approx(expected_eps1, abs=1e-6)
+    # The segmentation loss is that Dice on sigmoid(logits), smoothed by 1.
+    assert build_segmentation_loss({"name": "dice"})(logits, target).item() == pytest.approx(expected_eps1, abs=1e-6)
 
 
 def test_dice_loss_of_a_perfect_prediction_is_zero():
     _, masks = lesions(3, 32, seed=3)
     masks[2] = 0  # an empty mask predicted empty is perfect too
     logits = (masks * 2 - 1) * 30
-    assert soft_dice_loss(logits, masks).item() == pytest.approx(0.0, abs=1e-6)
+    assert build_segmentation_loss({"name": "dice"})(logits, masks).item() == pytest.approx(0.0, abs=1e-6)
     assert build_segmentation_loss({"name": "dice_bce"})(logits, masks).item() == pytest.approx(0.0, abs=1e-6)
 
 
@@ -197,7 +198,8 @@ def test_bce_and_dice_bce():
     bce = build_segmentation_loss({"name": "bce"})(logits, target)
     assert bce.item() == pytest.approx(F.binary_cross_entropy_with_logits(logits, target).item())
     both = build_segmentation_loss({"name": "dice_bce"})(logits, target)
-    assert both.item() == pytest.approx(bce.item() + soft_dice_loss(logits, target).item(), rel=1e-6)
+    assert both.item() == pytest.approx(bce.item() + soft_dice_loss(logits.sigmoid(), target, smooth=1.0).item(),
+                                        rel=1e-6)
     with pytest.raises(AttnMelError, match="loss.name 'focal' is not a segmentation loss"):
         build_segmentation_loss({"name": "focal"})
 

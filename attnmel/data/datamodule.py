@@ -38,6 +38,7 @@ from attnmel.data.cache import (
 from attnmel.data.samples import SPLITS, DatasetIndex
 from attnmel.data.transforms import BaseSpec, EvalTransform, TrainTransform, normalization_from_cfg
 from attnmel.errors import AttnMelError, file_error
+from attnmel.losses.regularisers import needs_masks
 
 log = logging.getLogger("attnmel.data")
 
@@ -46,23 +47,6 @@ DEFAULT_CLASS_NAMES = {
     3: ["nevus", "melanoma", "seborrheic_keratosis"],
     7: ["MEL", "NV", "BCC", "AKIEC", "BKL", "DF", "VASC"],
 }
-
-# Fallback when the regulariser registry is not importable: which batch mask a regulariser reads.
-_REGULARISER_TARGETS = {"lesion": "lesion", "background": "background", "bkg": "background", "dermo": "dermo"}
-
-
-def regulariser_target(name: str | None) -> str | None:
-    """The batch mask a regulariser reads ("lesion", "dermo", "background" or None)."""
-    if not name or str(name).lower() == "none":
-        return None
-    try:
-        from attnmel.losses.regularisers import REGULARISERS  # type: ignore[import-not-found]
-
-        if name in REGULARISERS:
-            return getattr(REGULARISERS[name], "target", None)
-    except ImportError:
-        pass
-    return _REGULARISER_TARGETS.get(str(name).lower())
 
 
 # ------------------------------------------------------------------------------------------ seeding
@@ -255,9 +239,9 @@ class AttnMelDataModule(pl.LightningDataModule):
         self.seed = int(cfg.get("seed", 0) or 0)
         self.progress = progress
         self.regulariser = (cfg.get("loss") or {}).get("regulariser") or "none"
-        target = regulariser_target(self.regulariser)
-        self.need_masks = bool(target in ("lesion", "background")) if need_masks is None else bool(need_masks)
-        self.need_dermo = bool(target == "dermo") if need_dermo is None else bool(need_dermo)
+        key = needs_masks(self.regulariser)  # the mask the regulariser class declares
+        self.need_masks = key == "mask" if need_masks is None else bool(need_masks)
+        self.need_dermo = key == "dermo" if need_dermo is None else bool(need_dermo)
         self.segmentation = cfg.get("task") == "segmentation"
         self.spec = BaseSpec.from_cfg(self.data_cfg)
         self.mean, self.std = normalization_from_cfg(self.data_cfg)

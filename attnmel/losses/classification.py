@@ -9,8 +9,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from attnmel.errors import AttnMelError
-
-CLASSIFICATION_LOSSES = ("focal", "ce")
+from attnmel.losses.base import LOSSES, build_loss
 
 
 class FocalLoss(nn.Module):
@@ -41,11 +40,16 @@ class CrossEntropyLoss(nn.Module):
         return F.cross_entropy(logits.float(), target.long())
 
 
+@LOSSES.register("focal", task="classification")
+def _focal(loss_cfg: dict[str, Any]) -> nn.Module:
+    return FocalLoss(loss_cfg.get("gamma", 2.0))
+
+
+@LOSSES.register("ce", task="classification")
+def _ce(loss_cfg: dict[str, Any]) -> nn.Module:
+    return CrossEntropyLoss()
+
+
 def build_classification_loss(loss_cfg: dict[str, Any]) -> nn.Module:
     """``loss.name`` focal (with ``loss.gamma``) or ce -> a module ``(logits, target) -> scalar``."""
-    name = (loss_cfg or {}).get("name", "focal")
-    if name == "focal":
-        return FocalLoss(loss_cfg.get("gamma", 2.0))
-    if name == "ce":
-        return CrossEntropyLoss()
-    raise AttnMelError(f"loss.name '{name}' is not a classification loss; known: {', '.join(CLASSIFICATION_LOSSES)}")
+    return build_loss({"name": "focal", **(loss_cfg or {})}, task="classification")

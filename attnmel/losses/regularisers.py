@@ -4,10 +4,13 @@ A regulariser is called as ``reg(out, batch, weights)`` with the model's :class:
 the batch dict and per-layer weights (``{}`` means the paper's ``{pool3: 0.001, pool4: 0.01}``), and
 returns the weighted sum over layers (a scalar, added to the classification loss).
 
-Adding one = one small class + one line in :data:`REGULARISERS`. Override :meth:`target_mask` to
-change what the maps are pulled towards, :meth:`layer_loss` to change the distance, or ``__call__``
-for something else entirely; set ``needs_input_grad = True`` when the loss needs gradients w.r.t.
-``batch["image"]`` (the LightningModule then makes the image require grad before the forward).
+Adding one = one small class decorated with ``@register_regulariser("name")``. The class declares the
+batch mask it reads in ``mask_key`` (``"mask"``: lesion, ``"dermo"``, or None), and everything else (the
+DataModule, the training entry point) reads that through :func:`needs_masks`. Override
+:meth:`target_mask` to change what the maps are pulled towards, :meth:`layer_loss` to change the distance,
+or ``__call__`` for something else entirely; set ``needs_input_grad = True`` when the loss needs gradients
+w.r.t. ``batch["image"]`` (the LightningModule then makes the image require grad before the forward), and
+``suits_softmax = True`` when the loss makes sense for softmax maps (Dice against a mask does not).
 
 Dice is computed per image and then averaged over the batch. The reference sums over the whole batch
 before dividing, which weights images by lesion/map area (large lesions dominate) and makes the value
@@ -25,19 +28,27 @@ import torch
 import torch.nn.functional as F
 
 from attnmel.errors import AttnMelError
+from attnmel.losses.dice import soft_dice_loss
 from attnmel.models.base import ClassifierOutput
+from attnmel.registry import Registry
 
 DEFAULT_WEIGHTS: dict[str, float] = {"pool3": 0.001, "pool4": 0.01}
-# Which batch key each target reads (see docs/DESIGN.md, Data: batches).
-TARGET_BATCH_KEYS: dict[str, str] = {"lesion": "mask", "dermo": "dermo", "background": "mask"}
+# Batch keys of the masks (docs/DESIGN.md, Data: batches) a regulariser may declare in ``mask_key``.
+MASK_KEYS = ("mask", "dermo")
+
+REGULARISERS: Registry[type[AttentionRegulariser]] = Registry("regulariser", key="loss.regulariser")
 
 
-def soft_dice_loss(a: torch.Tensor, m: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
-    """Per-image ``1 - 2*sum(a*m) / (sum(a + m) + eps)`` averaged over the batch; a, m (B, 1, h, w)."""
-    a = a.float().flatten(1)
-    m = m.float().flatten(1)
-    dice = 1.0 - 2.0 * (a * m).sum(1) / (a.sum(1) + m.sum(1) + eps)
-    return dice.mean()
+def register_regulariser(name: str):
+    """Class decorator: register an :class:`AttentionRegulariser` subclass as ``loss.regulariser=name``."""
+
+    def add(cls: type[AttentionRegulariser]) -> type[AttentionRegulariser]:
+        if cls.mask_key not in (*MASK_KEYS, None):
+            raise ValueError(f"{cls.__name__}.mask_key must be one of {MASK_KEYS} or None, got {cls.mask_key!r}")
+        cls.name = name
+        return REGULARISERS.register(name)(cls)
+
+    return add
 
 
 def downsample_mask(mask: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
@@ -50,28 +61,28 @@ def downsample_mask(mask: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
 class AttentionRegulariser:
     """Base class: Dice between each attention map and :meth:`target_mask`, weighted per layer."""
 
-    name: ClassVar[str] = ""
-    target: ClassVar[str | None] = None
+    name: ClassVar[str] = ""  # set by @register_regulariser
+    mask_key: ClassVar[str | None] = None  # the batch mask it reads: "mask" (lesion), "dermo" or None
     needs_input_grad: ClassVar[bool] = False
+    suits_softmax: ClassVar[bool] = False  # Dice against a mask is badly scaled for maps that sum to 1
 
     def __init__(self, eps: float = 1e-6) -> None:
         self.eps = float(eps)
 
     def __repr__(self) -> str:
-        return f"{type(self).__name__}(target={self.target!r})"
+        return f"{type(self).__name__}(mask_key={self.mask_key!r})"
 
     def target_mask(self, batch: dict[str, Any]) -> torch.Tensor:
-        """The full-resolution mask the maps are pulled towards (B, 1, H, W)."""
-        key = TARGET_BATCH_KEYS[self.target]
-        mask = batch.get(key)
+        """The full-resolution mask the maps are pulled towards (B, 1, H, W): ``batch[mask_key]``."""
+        key = self.mask_key
+        mask = batch.get(key) if key else None
         if mask is None:
-            raise AttnMelError(f"loss.regulariser={self.name} needs batch['{key}'] ({self.target} masks), "
-                               "but the data has none")
+            raise AttnMelError(f"loss.regulariser={self.name} needs batch['{key}'], but the data has none")
         return mask if mask.dim() == 4 else mask.unsqueeze(1)
 
     def layer_loss(self, a: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """Loss of one map (B, 1, h, w) against the full-resolution mask."""
-        return soft_dice_loss(a, downsample_mask(mask, tuple(a.shape[-2:])), self.eps)
+        return soft_dice_loss(a, downsample_mask(mask, tuple(a.shape[-2:])), eps=self.eps)
 
     def __call__(self, out: ClassifierOutput, batch: dict[str, Any],
                  weights: dict[str, float] | None = None) -> torch.Tensor:
@@ -96,57 +107,47 @@ class AttentionRegulariser:
         return total
 
 
+@register_regulariser("none")
 class NoRegulariser(AttentionRegulariser):
     """No attention regularisation (AttnMel-CNN as such)."""
 
-    name = "none"
+    suits_softmax = True
 
     def __call__(self, out: ClassifierOutput, batch: dict[str, Any],
                  weights: dict[str, float] | None = None) -> torch.Tensor:
         return out.logits.new_zeros((), dtype=torch.float32)
 
 
+@register_regulariser("lesion")
 class LesionRegulariser(AttentionRegulariser):
     """AttnMel-CNN-Lesion: attention pulled towards the lesion segmentation mask."""
 
-    name = "lesion"
-    target = "lesion"
+    mask_key = "mask"
 
 
+@register_regulariser("dermo")
 class DermoRegulariser(AttentionRegulariser):
     """AttnMel-CNN-Dermo: attention pulled towards the union of the dermoscopic-feature masks."""
 
-    name = "dermo"
-    target = "dermo"
+    mask_key = "dermo"
 
 
+@register_regulariser("background")
 class BackgroundRegulariser(AttentionRegulariser):
     """AttnMel-CNN-Bkg (control): attention pulled towards the background, ``1 - lesion mask``."""
 
-    name = "background"
-    target = "background"
+    mask_key = "mask"
 
     def target_mask(self, batch: dict[str, Any]) -> torch.Tensor:
         return 1.0 - super().target_mask(batch).float()
 
 
-REGULARISERS: dict[str, type[AttentionRegulariser]] = {
-    "none": NoRegulariser,
-    "lesion": LesionRegulariser,
-    "dermo": DermoRegulariser,
-    "background": BackgroundRegulariser,
-}
-
-
-def _lookup(name: str) -> type[AttentionRegulariser]:
-    cls = REGULARISERS.get(name if name is not None else "none")
-    if cls is None:
-        raise AttnMelError(f"unknown loss.regulariser '{name}'; known: {', '.join(REGULARISERS)}")
-    return cls
+def _lookup(name: str | None) -> type[AttentionRegulariser]:
+    return REGULARISERS.get(name if name is not None else "none")
 
 
 def build_regulariser(name: str | None, params: dict[str, Any] | None = None) -> AttentionRegulariser:
-    """Instantiate ``REGULARISERS[name]`` with ``params`` (``loss.params``); bad name/params -> AttnMelError."""
+    """Instantiate ``REGULARISERS.get(name)`` with ``params`` (``loss.params``); bad name/params -> AttnMelError."""
     cls = _lookup(name)
     params = dict(params or {})
     accepted = [p for p in inspect.signature(cls.__init__).parameters if p != "self"]
@@ -158,9 +159,5 @@ def build_regulariser(name: str | None, params: dict[str, Any] | None = None) ->
 
 
 def needs_masks(name: str | None) -> str | None:
-    """The batch key the regulariser ``name`` reads (``"mask"`` or ``"dermo"``), or None."""
-    target = _lookup(name).target
-    return TARGET_BATCH_KEYS.get(target) if target else None
-
-# Regularisers beyond the paper (kl, outside, entropy, rrr) register themselves into REGULARISERS.
-import attnmel.losses.regularisers_extra  # noqa: E402,F401
+    """The batch key of the mask the regulariser ``name`` declares (``"mask"`` or ``"dermo"``), or None."""
+    return _lookup(name).mask_key

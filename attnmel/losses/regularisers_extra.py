@@ -1,4 +1,5 @@
-"""Attention regularisers beyond the paper, registered into :data:`attnmel.losses.regularisers.REGULARISERS`.
+"""Attention regularisers beyond the paper, registered into :data:`attnmel.losses.regularisers.REGULARISERS`
+(``attnmel.losses`` imports this module, so they are there whenever a regulariser can be built).
 
 - ``kl``: soft-target KL divergence ``KL(q || p)`` between the lesion mask and the attention map, both
   normalised spatially to sum to 1 (a distribution over positions). Unlike Dice it ignores the map's
@@ -24,7 +25,7 @@ from typing import Any
 
 import torch
 
-from attnmel.losses.regularisers import REGULARISERS, AttentionRegulariser, downsample_mask
+from attnmel.losses.regularisers import AttentionRegulariser, downsample_mask, register_regulariser
 from attnmel.models.base import ClassifierOutput
 
 __all__ = ["EntropyRegulariser", "KLRegulariser", "OutsideRegulariser", "RRRRegulariser"]
@@ -36,11 +37,12 @@ def spatial_distribution(x: torch.Tensor, eps: float) -> torch.Tensor:
     return flat / flat.sum(1, keepdim=True)
 
 
+@register_regulariser("kl")
 class KLRegulariser(AttentionRegulariser):
     """``KL(mask || map)`` over positions, per image; images with an empty mask contribute 0."""
 
-    name = "kl"
-    target = "lesion"
+    mask_key = "mask"
+    suits_softmax = True
 
     def layer_loss(self, a: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         m = downsample_mask(mask, tuple(a.shape[-2:]))
@@ -52,11 +54,12 @@ class KLRegulariser(AttentionRegulariser):
         return (kl * has_lesion).sum() / has_lesion.sum().clamp_min(1.0)
 
 
+@register_regulariser("outside")
 class OutsideRegulariser(AttentionRegulariser):
     """Share of attention mass outside the lesion, ``sum(a * (1 - m)) / (sum(a) + eps)``, per image."""
 
-    name = "outside"
-    target = "lesion"
+    mask_key = "mask"
+    suits_softmax = True
 
     def layer_loss(self, a: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         m = downsample_mask(mask, tuple(a.shape[-2:])).flatten(1)
@@ -64,11 +67,12 @@ class OutsideRegulariser(AttentionRegulariser):
         return ((af * (1.0 - m)).sum(1) / (af.sum(1) + self.eps)).mean()
 
 
+@register_regulariser("entropy")
 class EntropyRegulariser(AttentionRegulariser):
     """Normalised spatial entropy of each map, in [0, 1]; needs no mask."""
 
-    name = "entropy"
-    target = None
+    mask_key = None
+    suits_softmax = True
 
     def target_mask(self, batch: dict[str, Any]) -> torch.Tensor | None:  # type: ignore[override]
         return None
@@ -81,12 +85,13 @@ class EntropyRegulariser(AttentionRegulariser):
         return (-(p * p.log()).sum(1) / math.log(n)).mean()
 
 
+@register_regulariser("rrr")
 class RRRRegulariser(AttentionRegulariser):
     """Right for the right reasons: penalise input gradients of ``sum_k log p_k`` outside the lesion."""
 
-    name = "rrr"
-    target = "lesion"
+    mask_key = "mask"
     needs_input_grad = True
+    suits_softmax = True  # it reads input gradients, not the maps
 
     def __init__(self, weight: float = 1.0, eps: float = 1e-6) -> None:
         super().__init__(eps)
@@ -106,8 +111,3 @@ class RRRRegulariser(AttentionRegulariser):
         per_image = ((grad * outside) ** 2).flatten(1).sum(1)
         return weight * per_image.mean()
 
-
-REGULARISERS["kl"] = KLRegulariser
-REGULARISERS["outside"] = OutsideRegulariser
-REGULARISERS["entropy"] = EntropyRegulariser
-REGULARISERS["rrr"] = RRRRegulariser

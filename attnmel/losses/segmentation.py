@@ -13,18 +13,8 @@ from typing import Any
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from attnmel.errors import AttnMelError
-
-SEGMENTATION_LOSSES = ("dice", "bce", "dice_bce")
-
-
-def soft_dice_loss(logits: Tensor, target: Tensor, eps: float = 1.0) -> Tensor:
-    """Per-image soft Dice loss, averaged over the batch."""
-    # float32 at least: bf16/fp16 sums over a whole image would round the overlap away.
-    p = logits.float().sigmoid().flatten(1)
-    m = target.float().flatten(1)
-    dice = (2 * (p * m).sum(1) + eps) / (p.sum(1) + m.sum(1) + eps)
-    return (1 - dice).mean()
+from attnmel.losses.base import LOSSES, build_loss
+from attnmel.losses.dice import soft_dice_loss
 
 
 class DiceLoss(nn.Module):
@@ -35,7 +25,7 @@ class DiceLoss(nn.Module):
         self.eps = float(eps)
 
     def forward(self, logits: Tensor, target: Tensor) -> Tensor:
-        return soft_dice_loss(logits, target, self.eps)
+        return soft_dice_loss(logits.float().sigmoid(), target, smooth=self.eps)
 
 
 class BCELoss(nn.Module):
@@ -57,16 +47,11 @@ class DiceBCELoss(nn.Module):
         return self.dice(logits, target) + self.bce(logits, target)
 
 
+LOSSES.register("dice", task="segmentation")(lambda loss_cfg: DiceLoss())
+LOSSES.register("bce", task="segmentation")(lambda loss_cfg: BCELoss())
+LOSSES.register("dice_bce", task="segmentation")(lambda loss_cfg: DiceBCELoss())
+
+
 def build_segmentation_loss(loss_cfg: dict[str, Any]) -> nn.Module:
     """The loss named by ``loss_cfg["name"]`` (dice | bce | dice_bce)."""
-    name = loss_cfg.get("name")
-    if name == "dice":
-        return DiceLoss()
-    if name == "bce":
-        return BCELoss()
-    if name == "dice_bce":
-        return DiceBCELoss()
-    raise AttnMelError(
-        f"loss.name '{name}' is not a segmentation loss; "
-        f"known: {', '.join(SEGMENTATION_LOSSES)}"
-    )
+    return build_loss(loss_cfg, task="segmentation")
