@@ -1,27 +1,27 @@
 """Models: plain ``nn.Module`` classifiers and segmenters behind one registry, :func:`build_model`.
 
 Classifiers return :class:`ClassifierOutput` ``(logits, maps, features)``; see docs/DESIGN.md (Models).
+Adding a model = a factory decorated with ``@register_model(name, task=...)``
+(:mod:`attnmel.models.registry`); this package registers the classifiers below and imports
+:mod:`attnmel.models.segmentation`, which registers the segmenters.
 """
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from typing import Any
 
 from torch import nn
 
 from attnmel.errors import AttnMelError
+from attnmel.models import segmentation as _segmentation  # noqa: F401 - registers unet, fcrn, maskrcnn
 from attnmel.models.base import Classifier, ClassifierOutput
+from attnmel.models.registry import MODELS, register_model
 
-__all__ = [
-    "CLASSIFIER_NAMES",
-    "MODEL_NAMES",
-    "SEGMENTER_NAMES",
-    "Classifier",
-    "ClassifierOutput",
-    "build_model",
-]
+__all__ = ["CLASSIFIER_NAMES", "MODELS", "MODEL_NAMES", "SEGMENTER_NAMES", "Classifier", "ClassifierOutput",
+           "build_model", "register_model"]
 
 
+@register_model("attnmel")
 def _attnmel(cfg: dict[str, Any], k: int) -> Classifier:
     from attnmel.models.vgg import AttnMelCNN
 
@@ -36,24 +36,28 @@ def _attnmel(cfg: dict[str, Any], k: int) -> Classifier:
                       width=_width(cfg))
 
 
+@register_model("mel_cnn")
 def _mel_cnn(cfg: dict[str, Any], k: int) -> Classifier:
     from attnmel.models.vgg import MelCNN
 
     return MelCNN(k, width=_width(cfg))
 
 
+@register_model("vgg16")
 def _vgg16(cfg: dict[str, Any], k: int) -> Classifier:
     from attnmel.models.vgg import VGG16
 
     return VGG16(k, width=_width(cfg))
 
 
+@register_model("vgg16_gap")
 def _vgg16_gap(cfg: dict[str, Any], k: int) -> Classifier:
     from attnmel.models.vgg import VGG16GAP
 
     return VGG16GAP(k, width=_width(cfg))
 
 
+@register_model("resnet50")
 def _resnet50(cfg: dict[str, Any], k: int) -> Classifier:
     from attnmel.models.resnet import ResNet50
 
@@ -61,6 +65,7 @@ def _resnet50(cfg: dict[str, Any], k: int) -> Classifier:
     return ResNet50(k)
 
 
+@register_model("densenet121")
 def _densenet121(cfg: dict[str, Any], k: int) -> Classifier:
     from attnmel.models.densenet import DenseNet121
 
@@ -80,16 +85,8 @@ def _full_width_only(cfg: dict[str, Any], name: str) -> None:
         raise AttnMelError(f"model.width is only supported by the VGG-16 family, not {name}")
 
 
-CLASSIFIERS: dict[str, Callable[[dict[str, Any], int], Classifier]] = {
-    "attnmel": _attnmel,
-    "mel_cnn": _mel_cnn,
-    "vgg16": _vgg16,
-    "vgg16_gap": _vgg16_gap,
-    "resnet50": _resnet50,
-    "densenet121": _densenet121,
-}
-SEGMENTER_NAMES: tuple[str, ...] = ("unet", "fcrn", "maskrcnn")
-CLASSIFIER_NAMES: tuple[str, ...] = tuple(CLASSIFIERS)
+CLASSIFIER_NAMES: tuple[str, ...] = MODELS.names(task="classification")
+SEGMENTER_NAMES: tuple[str, ...] = MODELS.names(task="segmentation")
 MODEL_NAMES: tuple[str, ...] = CLASSIFIER_NAMES + SEGMENTER_NAMES
 
 
@@ -103,20 +100,14 @@ def build_model(model_cfg: dict[str, Any], num_classes: int) -> nn.Module:
 
     cfg = {**defaults()["model"], **(model_cfg or {})}
     name = cfg.get("name")
-    if name in SEGMENTER_NAMES:
-        try:
-            from attnmel.models.segmentation import build_segmenter
-        except ImportError as e:
-            if e.name and e.name.startswith("attnmel.models.segmentation"):
-                raise AttnMelError(f"model '{name}' needs attnmel.models.segmentation, which is not "
-                                   "installed in this checkout") from None
-            raise
+    factory = MODELS.get(name)
+    if MODELS.tags(name)["task"] == "segmentation":
+        from attnmel.models.segmentation import build_segmenter
+
         return build_segmenter(name, cfg)
-    if name not in CLASSIFIERS:
-        raise AttnMelError(f"unknown model '{name}'; known models: {', '.join(MODEL_NAMES)}")
     if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 2:
         raise AttnMelError(f"num_classes must be an integer >= 2, got {num_classes!r}")
     from attnmel.models.weights import apply_pretrained
 
-    model = CLASSIFIERS[name](cfg, num_classes)
+    model = factory(cfg, num_classes)
     return apply_pretrained(model, cfg.get("pretrained"))

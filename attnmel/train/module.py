@@ -16,9 +16,9 @@ from attnmel.errors import AttnMelError
 from attnmel.losses import build_classification_loss
 from attnmel.losses.regularisers import DEFAULT_WEIGHTS, build_regulariser
 from attnmel.models import build_model
+from attnmel.train.optim import configure_optimisers
 
 CHECKPOINT_FORMAT = 1
-DICE_REGULARISERS = ("lesion", "dermo", "background")
 log = logging.getLogger("attnmel.train")
 
 
@@ -39,7 +39,7 @@ class ClassificationModule(pl.LightningModule):
         reg_name = cfg["loss"].get("regulariser") or "none"
         self.regulariser = build_regulariser(reg_name, cfg["loss"].get("params") or {})
         self.reg_weights: dict[str, float] = dict(cfg["loss"].get("weights") or DEFAULT_WEIGHTS)
-        if cfg["model"].get("attention") == "softmax" and reg_name in DICE_REGULARISERS:
+        if cfg["model"].get("attention") == "softmax" and not self.regulariser.suits_softmax:
             log.warning("loss.regulariser=%s with model.attention=softmax: softmax maps sum to 1, so a Dice "
                         "term against a mask is badly scaled (the paper regularises sigmoid attention)", reg_name)
         self.channels_last = bool(cfg["trainer"].get("channels_last"))
@@ -111,18 +111,7 @@ class ClassificationModule(pl.LightningModule):
 
     # -- optimiser ----------------------------------------------------------------------------
     def configure_optimizers(self):
-        o = self.cfg["optim"]
-        params = [p for p in self.parameters() if p.requires_grad]
-        name = str(o["name"]).lower()
-        if name == "sgd":
-            opt = torch.optim.SGD(params, lr=o["lr"], momentum=o["momentum"], nesterov=bool(o["nesterov"]),
-                                  weight_decay=o["weight_decay"])
-        elif name == "adamw":
-            opt = torch.optim.AdamW(params, lr=o["lr"], weight_decay=o["weight_decay"])
-        else:
-            raise AttnMelError(f"config: unknown optim.name '{o['name']}' (known: sgd, adamw)")
-        sched = torch.optim.lr_scheduler.StepLR(opt, step_size=int(o["step_size"]), gamma=float(o["gamma"]))
-        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "epoch"}}
+        return configure_optimisers(self, self.cfg["optim"])
 
     # -- checkpoint: plain data only ------------------------------------------------------------
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:

@@ -19,6 +19,7 @@ from torch import Tensor
 from attnmel.errors import AttnMelError
 from attnmel.losses.segmentation import build_segmentation_loss
 from attnmel.models.segmentation import build_segmenter
+from attnmel.train.optim import configure_optimisers
 
 CHECKPOINT_FORMAT = 1
 
@@ -125,22 +126,7 @@ class SegmentationModule(pl.LightningModule):
 
     # -- optimiser ----------------------------------------------------------------------------
     def configure_optimizers(self):
-        o = self.cfg["optim"]
-        params = [p for p in self.parameters() if p.requires_grad]  # Mask R-CNN freezes early stages
-        name = str(o.get("name", "sgd")).lower()
-        lr, wd = float(o["lr"]), float(o.get("weight_decay", 0.0))
-        if name == "sgd":
-            momentum, nesterov = float(o.get("momentum", 0.0)), bool(o.get("nesterov", False))
-            if nesterov and momentum <= 0:
-                raise AttnMelError("optim.nesterov needs optim.momentum > 0")
-            opt = torch.optim.SGD(params, lr=lr, momentum=momentum, nesterov=nesterov, weight_decay=wd)
-        elif name == "adamw":
-            opt = torch.optim.AdamW(params, lr=lr, weight_decay=wd)
-        else:
-            raise AttnMelError(f"config: unknown optim.name '{o.get('name')}' (known: sgd, adamw)")
-        sched = torch.optim.lr_scheduler.StepLR(opt, step_size=int(o.get("step_size", 10)),
-                                                gamma=float(o.get("gamma", 0.1)))
-        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "epoch"}}
+        return configure_optimisers(self, self.cfg["optim"])
 
     # -- checkpoint: plain data only (attnmel.train.run.load_run reads this section) -------------
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:

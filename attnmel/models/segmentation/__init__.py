@@ -1,7 +1,8 @@
 """Lesion segmenters: U-Net, FCRN (ResNet-50, multi-scale fusion) and Mask R-CNN.
 
 Every segmenter is a plain ``nn.Module`` whose ``forward(x: (B,3,H,W))`` returns lesion logits
-(B,1,H,W) at the input's size. ``attnmel.models.build_model`` delegates these names here.
+(B,1,H,W) at the input's size. ``attnmel.models.build_model`` delegates these names here; each registers
+in :data:`attnmel.models.registry.MODELS` with ``task="segmentation"`` and the ``options`` it accepts.
 
 ``model_cfg`` keys read (defaults.yaml ``model``): ``pretrained`` (all three), ``width`` (U-Net:
 channel multiplier of a 32-channel first stage), and ``options``, the model's own settings (an unknown one
@@ -19,69 +20,80 @@ from typing import Any
 from torch import nn
 
 from attnmel.errors import AttnMelError
+from attnmel.models.registry import MODELS, register_model
 
-SEGMENTERS = ("unet", "fcrn", "maskrcnn")
 UNET_BASE_WIDTH = 32
 
 log = logging.getLogger(__name__)
 
 
-OPTIONS = {"unet": (), "fcrn": ("fuse_strides",),
-           "maskrcnn": ("min_size", "max_size", "score_threshold", "trainable_backbone_layers", "detector_options")}
-
-
 def build_segmenter(name: str, model_cfg: dict[str, Any]) -> nn.Module:
     """Build the segmenter ``name`` (unet | fcrn | maskrcnn) from the ``model`` config section."""
+    factory = MODELS.get(name, task="segmentation")
+    accepted = MODELS.tags(name)["options"]
     options = _mapping(model_cfg.get("options"), "options")
-    unknown = sorted(set(options) - set(OPTIONS.get(name, ())))
+    unknown = sorted(set(options) - set(accepted))
     if unknown:
-        known = ", ".join(OPTIONS.get(name, ())) or "none"
+        known = ", ".join(accepted) or "none"
         raise AttnMelError(f"model.options: unknown option(s) {', '.join(unknown)} for {name} (known: {known})")
-    model_cfg = {**model_cfg, **options}
-    pretrained = model_cfg.get("pretrained", "none")
-    if name == "unet":
-        from attnmel.models.segmentation.unet import UNet
+    return factory({**model_cfg, **options}, 1)
 
-        width = _number(model_cfg.get("width", 1.0), "width")
-        if not 0 < width <= 8:
-            raise AttnMelError(f"model.width for unet is a multiplier of {UNET_BASE_WIDTH} "
-                               f"channels in (0, 8], got {width}")
-        model = UNet(base_width=max(1, round(UNET_BASE_WIDTH * width)))
-        from attnmel.models.weights import parse_pretrained
 
-        spec = parse_pretrained(pretrained)
-        if isinstance(spec, Path):
-            from attnmel.models.segmentation._weights import load_into, load_state_dict_file
+@register_model("unet", task="segmentation")
+def _unet(model_cfg: dict[str, Any], num_classes: int) -> nn.Module:
+    from attnmel.models.segmentation.unet import UNet
+    from attnmel.models.weights import parse_pretrained
 
-            load_into(model, load_state_dict_file(spec), source=spec)
-        elif spec == "imagenet":
-            # No ImageNet U-Net exists (the seed trains it from scratch) and imagenet is the config
-            # default, so refusing would punish a key the user never set; say so instead.
-            log.warning("unet has no ImageNet weights: training from scratch (set model.pretrained=none "
-                        "to silence this)")
-        return model
-    if name in ("fcrn", "maskrcnn") and _number(model_cfg.get("width", 1.0), "width") != 1.0:
+    width = _number(model_cfg.get("width", 1.0), "width")
+    if not 0 < width <= 8:
+        raise AttnMelError(f"model.width for unet is a multiplier of {UNET_BASE_WIDTH} "
+                           f"channels in (0, 8], got {width}")
+    model = UNet(base_width=max(1, round(UNET_BASE_WIDTH * width)))
+    spec = parse_pretrained(model_cfg.get("pretrained", "none"))
+    if isinstance(spec, Path):
+        from attnmel.models.segmentation._weights import load_into, load_state_dict_file
+
+        load_into(model, load_state_dict_file(spec), source=spec)
+    elif spec == "imagenet":
+        # No ImageNet U-Net exists (the seed trains it from scratch) and imagenet is the config
+        # default, so refusing would punish a key the user never set; say so instead.
+        log.warning("unet has no ImageNet weights: training from scratch (set model.pretrained=none "
+                    "to silence this)")
+    return model
+
+
+@register_model("fcrn", task="segmentation", options=("fuse_strides",))
+def _fcrn(model_cfg: dict[str, Any], num_classes: int) -> nn.Module:
+    from attnmel.models.segmentation.fcrn import FCRN
+
+    _fixed_width(model_cfg, "fcrn")
+    return FCRN(pretrained=model_cfg.get("pretrained", "none"),
+                fuse_strides=model_cfg.get("fuse_strides", (8, 16, 32)))
+
+
+@register_model("maskrcnn", task="segmentation",
+                options=("min_size", "max_size", "score_threshold", "trainable_backbone_layers", "detector_options"))
+def _maskrcnn(model_cfg: dict[str, Any], num_classes: int) -> nn.Module:
+    from attnmel.models.segmentation.maskrcnn import MaskRCNNSegmenter
+
+    _fixed_width(model_cfg, "maskrcnn")
+    layers = int(_number(model_cfg.get("trainable_backbone_layers", 3), "trainable_backbone_layers"))
+    if not 0 <= layers <= 5:
+        raise AttnMelError(f"model.trainable_backbone_layers must be 0..5, got {layers}")
+    min_size = int(_number(model_cfg.get("min_size", 224), "min_size"))
+    return MaskRCNNSegmenter(
+        pretrained=model_cfg.get("pretrained", "none"),
+        min_size=min_size,
+        max_size=int(_number(model_cfg.get("max_size", 2 * min_size), "max_size")),
+        score_threshold=_number(model_cfg.get("score_threshold", 0.5), "score_threshold"),
+        trainable_backbone_layers=layers,
+        detector_options=_mapping(model_cfg.get("detector_options"), "detector_options"),
+    )
+
+
+def _fixed_width(model_cfg: dict[str, Any], name: str) -> None:
+    if _number(model_cfg.get("width", 1.0), "width") != 1.0:
         raise AttnMelError(f"model.width must be 1.0 for {name} (its ResNet-50 encoder has fixed widths)")
-    if name == "fcrn":
-        from attnmel.models.segmentation.fcrn import FCRN
-
-        return FCRN(pretrained=pretrained, fuse_strides=model_cfg.get("fuse_strides", (8, 16, 32)))
-    if name == "maskrcnn":
-        from attnmel.models.segmentation.maskrcnn import MaskRCNNSegmenter
-
-        layers = int(_number(model_cfg.get("trainable_backbone_layers", 3), "trainable_backbone_layers"))
-        if not 0 <= layers <= 5:
-            raise AttnMelError(f"model.trainable_backbone_layers must be 0..5, got {layers}")
-        min_size = int(_number(model_cfg.get("min_size", 224), "min_size"))
-        return MaskRCNNSegmenter(
-            pretrained=pretrained,
-            min_size=min_size,
-            max_size=int(_number(model_cfg.get("max_size", 2 * min_size), "max_size")),
-            score_threshold=_number(model_cfg.get("score_threshold", 0.5), "score_threshold"),
-            trainable_backbone_layers=layers,
-            detector_options=_mapping(model_cfg.get("detector_options"), "detector_options"),
-        )
-    raise AttnMelError(f"unknown segmentation model '{name}'; known: {', '.join(SEGMENTERS)}")
 
 
 def _mapping(value: Any, key: str) -> dict[str, Any]:
