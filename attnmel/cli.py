@@ -146,9 +146,10 @@ def dispatch(args: argparse.Namespace) -> int | None:
         return run_sweep(args.sweep_file, dataset=args.dataset, jobs=args.jobs, out_root=args.out,
                          overrides=args.overrides)
     if args.cmd == "segment":
+        from attnmel.train.run import load_run
         from attnmel.train.segment import segment_images
 
-        segment_images(args.run_dir, args.images, args.out)
+        segment_images(load_run(args.run_dir), args.images, args.out)
         return 0
     if args.cmd == "demo":
         return _demo(args)

@@ -220,6 +220,16 @@ def _oversample_factors(setting: Any, class_names: Sequence[str]) -> int | dict[
 # ------------------------------------------------------------------------------------------ module
 
 
+def is_segmentation_run(path: str | Path) -> bool:
+    """Whether ``data.masks`` names a run folder (it has a ``config.yaml``) rather than a folder of masks."""
+    return (Path(path) / "config.yaml").is_file()
+
+
+def predicted_masks_dir(seg_run_dir: str | Path, dataset: str) -> Path:
+    """Where a segmentation run keeps its masks of a dataset: ``<run>/masks/<dataset>/``."""
+    return Path(seg_run_dir) / "masks" / dataset
+
+
 class AttnMelDataModule(pl.LightningDataModule):
     """Train/val/test data for one config.
 
@@ -247,12 +257,10 @@ class AttnMelDataModule(pl.LightningDataModule):
         self.mean, self.std = normalization_from_cfg(self.data_cfg)
         self.image_size = int(self.data_cfg["image_size"])
         self.masks_dir = Path(self.data_cfg["masks"]) if self.data_cfg.get("masks") else None
-        if self.masks_dir is not None and (self.masks_dir / "config.yaml").is_file():
-            # data.masks names a segmentation run: its masks for this dataset, written on first use.
-            from attnmel.train.segment import ensure_predicted_masks
-
-            self.masks_dir = ensure_predicted_masks(self.masks_dir, self.dataset_name, self.root,
-                                                    num_classes=int(self.data_cfg["num_classes"]))
+        if self.masks_dir is not None and is_segmentation_run(self.masks_dir):
+            # The train layer (attnmel.train.run.resolve_mask_source) predicts a segmentation run's masks
+            # before a DataModule is built; here they are only read (a missing folder is reported on use).
+            self.masks_dir = predicted_masks_dir(self.masks_dir, self.dataset_name)
         self._indexes: dict[str, DatasetIndex] = dict(indexes or {})
         self._datasets: dict[str, AttnMelDataset] = {}
         self._loaders: dict[str, DataLoader] = {}

@@ -8,7 +8,7 @@ Per run (``<out>/<sweep>-<dataset>/<arm>/seed<k>/``):
   finishes a run whose training ended but whose evaluation did not;
 - otherwise trained from scratch (``train`` evaluates on the test split);
 - then attention quality is scored with :func:`attnmel.report.build.build_report` (its ``attention``
-  section of ``metrics.json``) when that module is importable; a run whose data has no lesion masks
+  section of ``metrics.json``); a run whose data has no lesion masks
   records ``attention_skipped`` instead, so it is not retried forever.
 
 A failing run (any exception: bad config, out of memory, NaN loss) is written to ``error.txt`` in its run
@@ -60,33 +60,6 @@ class RunResult:
     error: str | None = None
 
 
-# -- state of a run folder -------------------------------------------------------------------------
-def read_metrics(run_dir: Path) -> dict[str, Any]:
-    """``metrics.json`` of a run, or ``{}`` when missing or unreadable."""
-    path = Path(run_dir) / "metrics.json"
-    if not path.is_file():
-        return {}
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError):
-        return {}
-    return data if isinstance(data, dict) else {}
-
-
-def classification_done(metrics: dict[str, Any]) -> bool:
-    return isinstance(metrics.get("classification"), dict) and bool(metrics["classification"])
-
-
-def attention_done(metrics: dict[str, Any]) -> bool:
-    return bool(metrics.get("attention")) or bool(metrics.get("attention_skipped"))
-
-
-def run_finished(run_dir: Path) -> bool:
-    """Test metrics and attention scores (or the reason there are none) are both in ``metrics.json``."""
-    m = read_metrics(run_dir)
-    return classification_done(m) and attention_done(m)
-
-
 def _get(cfg: dict[str, Any], keys: tuple[str, ...]) -> Any:
     node: Any = cfg
     for k in keys:
@@ -121,13 +94,9 @@ def _evaluate(run_dir: Path) -> None:
 
 def _score_attention(run_dir: Path) -> None:
     """Write the ``attention`` section of ``metrics.json`` (or ``attention_skipped`` with the reason)."""
+    from attnmel.report.build import build_report
     from attnmel.train.run import update_metrics
 
-    try:
-        from attnmel.report.build import build_report
-    except ImportError:
-        log.warning("%s: attnmel.report.build is not available: attention quality not scored", run_dir)
-        return
     try:
         build_report(run_dir, split="test")
     except AttnMelError as e:

@@ -33,14 +33,13 @@ import numpy as np
 from attnmel.io import atomic_path, write_text
 from attnmel.sweep import stats
 from attnmel.sweep.spec import SweepSpec
+from attnmel.sweep.state import ERROR_FILE, classification_done, read_metrics
 
 CLASSIFICATION_KEYS = ("auc", "average_precision", "sensitivity", "specificity", "balanced_accuracy")
 ATTENTION_KEYS = ("jaccard", "dice", "pointing_game", "energy_inside")
 KEY_LABELS = {"auc": "AUC", "average_precision": "AP", "sensitivity": "Sensitivity", "specificity": "Specificity",
               "balanced_accuracy": "Bal. acc.", "jaccard": "Jaccard", "dice": "Dice",
               "pointing_game": "Pointing game", "energy_inside": "Energy inside"}
-# The paper's numbers file uses these keys (experiments/sweeps/paper_numbers.yaml).
-PAPER_KEYS = {"auc": "auc", "average_precision": "ap"}
 PLOT_FILE = "summary_auc_vs_jaccard.png"
 # Maps of Table 3 and of the paired Jaccard tests; the rest (e.g. the mask-derived centre-blob baseline, the
 # same for every arm) appear in the all-scores table and the csv only.

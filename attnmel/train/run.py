@@ -90,11 +90,8 @@ def build_trainer(cfg: dict, run_dir: Path, *, callbacks_extra: list | None = No
     if t.get("early_stopping_patience"):
         callbacks.append(EarlyStopping(monitor=monitor, mode="max", patience=int(t["early_stopping_patience"])))
     callbacks += callbacks_extra or []
-    loggers = [CSVLogger(run_dir, name="logs", version="csv")]
-    try:
-        loggers.append(TensorBoardLogger(run_dir, name="logs", version="tensorboard", default_hp_metric=False))
-    except ModuleNotFoundError:  # tensorboard is optional at run time
-        pass
+    loggers = [CSVLogger(run_dir, name="logs", version="csv"),
+               TensorBoardLogger(run_dir, name="logs", version="tensorboard", default_hp_metric=False)]
     kwargs: dict[str, Any] = dict(
         max_epochs=int(t["max_epochs"]), accelerator=t["accelerator"], devices=t["devices"],
         num_nodes=int(t["num_nodes"]), strategy=t["strategy"], precision=resolve_precision(cfg),
@@ -122,6 +119,7 @@ def train(cfg: dict, *, resume: bool = False, evaluate_after: bool = True) -> Pa
     elif (run_dir / "checkpoints").is_dir() and any((run_dir / "checkpoints").glob("*.ckpt")):
         raise file_error(run_dir, "run folder already holds checkpoints: pass --resume to continue it, "
                                   "or name=<new name> for a new run")
+    cfg = resolve_mask_source(cfg)  # before any DataModule exists, and before the config is saved
     run_dir.mkdir(parents=True, exist_ok=True)
     write_text(run_dir / "config.yaml", config_mod.dump(cfg))
     pl.seed_everything(int(cfg["seed"]), workers=True, verbose=False)
@@ -149,7 +147,7 @@ def build_module_and_data(cfg: dict):
     """The LightningModule and DataModule a config describes."""
     from attnmel.data.datamodule import AttnMelDataModule
 
-    dm = AttnMelDataModule(cfg)
+    dm = AttnMelDataModule(resolve_mask_source(cfg))
     if cfg.get("task", "classification") == "segmentation":
         from attnmel.train.segmentation import SegmentationModule
 
@@ -163,6 +161,39 @@ def build_module_and_data(cfg: dict):
     if target:
         dm.require_masks(target, reason=f"loss.regulariser={cfg['loss']['regulariser']}")
     return ClassificationModule(cfg, dm.class_names, dm.melanoma_index), dm
+
+
+def resolve_mask_source(cfg: dict) -> dict:
+    """``data.masks`` naming a segmentation run -> the folder of that run's masks for this dataset.
+
+    The masks of every image of the dataset are predicted once (:func:`ensure_predicted_masks`), here in the
+    train layer, so the DataModule only ever reads a folder of masks. Any other config comes back unchanged.
+    """
+    from attnmel.data.datamodule import is_segmentation_run
+
+    d = cfg["data"]
+    if not d.get("masks") or not is_segmentation_run(d["masks"]):
+        return cfg
+    out = ensure_predicted_masks(d["masks"], d["dataset"], d["root"], num_classes=int(d["num_classes"]))
+    return {**cfg, "data": {**d, "masks": str(out)}}
+
+
+def ensure_predicted_masks(seg_run_dir: str | Path, dataset: str, root: str | Path, num_classes: int = 2,
+                           progress: bool = True) -> Path:
+    """Masks of every image of a dataset (all splits) from a segmentation run, made once and kept.
+
+    They live in ``<seg run>/masks/<dataset>/`` as ``<image_id>_segmentation.png``; images already done
+    are skipped, so an interrupted pass resumes and a second classifier reuses them.
+    """
+    from attnmel.data.datamodule import predicted_masks_dir
+    from attnmel.train.segment import check_segmentation_run, samples_without_masks, write_masks
+
+    out = predicted_masks_dir(seg_run_dir, dataset)
+    todo = samples_without_masks(dataset, root, out, num_classes=num_classes)
+    if todo:
+        run = check_segmentation_run(load_run(seg_run_dir))
+        write_masks(run, [s.image for s in todo], out, ids=[s.image_id for s in todo], progress=progress)
+    return out
 
 
 # -- loading a run ------------------------------------------------------------------------------
@@ -242,8 +273,10 @@ def evaluate(run_dir: str | Path, split: str = "test") -> dict:
     if run.cfg.get("task", "classification") == "segmentation":
         from attnmel.train.segment import evaluate_segmentation
 
-        return evaluate_segmentation(run, split)
-    dm = AttnMelDataModule(run.cfg)
+        scores = evaluate_segmentation(run, split)
+        update_metrics(run.run_dir, {"segmentation": scores, "split": split})
+        return scores
+    dm = AttnMelDataModule(resolve_mask_source(run.cfg))
     loader = dm.eval_dataloader(split)
     use_svm = bool(run.cfg["model"].get("svm"))
     ids, probs, labels, *feats = predict_probs(run.model, loader, with_features=use_svm)

@@ -1,4 +1,9 @@
-"""Segmentation runs: masks at each image's full size (``attnmel segment``) and the ISIC Task 1 scores."""
+"""Segmentation runs: masks at each image's full size (``attnmel segment``) and the ISIC Task 1 scores.
+
+The functions here take a loaded run (:class:`attnmel.train.run.LoadedRun`) and never read or write the run
+folder's bookkeeping themselves: :mod:`attnmel.train.run` loads runs, resolves ``data.masks`` and writes
+``metrics.json``, so this module does not import it.
+"""
 
 from __future__ import annotations
 
@@ -40,17 +45,16 @@ def _norm_stats(cfg: dict) -> tuple[list[float], list[float]]:
     return list(mean), list(std)
 
 
-def _load_segmentation_run(run_dir: str | Path):
-    from attnmel.train.run import load_run
-
-    run = load_run(run_dir)
+def check_segmentation_run(run):
+    """The loaded run itself, or AttnMelError when it is not a segmentation run."""
     if run.cfg.get("task") != "segmentation":
-        raise AttnMelError(f"{run_dir}: not a segmentation run (task: {run.cfg.get('task')})")
+        raise AttnMelError(f"{run.run_dir}: not a segmentation run (task: {run.cfg.get('task')})")
     return run
 
 
-def _write_masks(run, images: list[Path], out_dir: Path, ids: list[str] | None = None,
-                 progress: bool = True) -> list[Path]:
+def write_masks(run, images: list[Path], out_dir: Path, ids: list[str] | None = None,
+                progress: bool = True) -> list[Path]:
+    """``<id>_segmentation.png`` per image in ``out_dir`` (ids default to the file stems)."""
     from PIL import Image
     from rich.progress import track
 
@@ -70,25 +74,18 @@ def _write_masks(run, images: list[Path], out_dir: Path, ids: list[str] | None =
     return written
 
 
-def segment_images(run_dir: str | Path, images: list[Path], out_dir: Path) -> list[Path]:
+def segment_images(run, images: list[Path], out_dir: Path) -> list[Path]:
     """Write ``<id>_segmentation.png`` (8-bit, 0/255, the image's size) per image: the official format."""
-    run = _load_segmentation_run(run_dir)
-    written = _write_masks(run, [Path(p) for p in images], Path(out_dir))
+    written = write_masks(check_segmentation_run(run), [Path(p) for p in images], Path(out_dir))
     print(f"{len(written)} masks written to {out_dir}")
     return written
 
 
-def ensure_predicted_masks(seg_run_dir: str | Path, dataset: str, root: str | Path, num_classes: int = 2,
-                           progress: bool = True) -> Path:
-    """Masks of every image of a dataset (all splits) from a segmentation run, made once and kept.
-
-    They live in ``<seg run>/masks/<dataset>/`` as ``<image_id>_segmentation.png``; images already done
-    are skipped, so an interrupted pass resumes and a second classifier reuses them.
-    """
+def samples_without_masks(dataset: str, root: str | Path, out: Path, num_classes: int = 2) -> list:
+    """The samples of every split of a dataset that have no ``<image_id>_segmentation.png`` in ``out`` yet."""
     from attnmel.data.readers import read_split
     from attnmel.data.samples import SPLITS
 
-    out = Path(seg_run_dir) / "masks" / dataset
     todo: list = []
     for split in SPLITS:
         try:
@@ -96,18 +93,15 @@ def ensure_predicted_masks(seg_run_dir: str | Path, dataset: str, root: str | Pa
         except AttnMelError:
             continue  # a split the download does not have
         todo += [s for s in index.samples if not (out / f"{s.image_id}_segmentation.png").is_file()]
-    if todo:
-        run = _load_segmentation_run(seg_run_dir)
-        _write_masks(run, [s.image for s in todo], out, ids=[s.image_id for s in todo], progress=progress)
-    return out
+    return todo
 
 
 def evaluate_segmentation(run, split: str = "test") -> dict:
-    """ISIC Task 1 metrics of a segmentation run on a split, each mask scored at its full resolution."""
+    """ISIC Task 1 metrics of a segmentation run on a split, each mask scored at its full resolution
+    (the caller records them in ``metrics.json``)."""
     from attnmel.data.images import load_image, load_mask
     from attnmel.data.readers import read_split
     from attnmel.metrics.segmentation import segmentation_metrics
-    from attnmel.train.run import update_metrics
 
     d = run.cfg["data"]
     index = read_split(d["dataset"], d["root"], split, labels_optional=True)
@@ -120,6 +114,4 @@ def evaluate_segmentation(run, split: str = "test") -> dict:
         image = load_image(s.image)
         truths.append(load_mask(s.mask, image.shape[:2]))
         preds.append(predict_full_size(run.model, image, d, mean, std) > 0.5)
-    scores = segmentation_metrics(preds, truths, image_ids=[s.image_id for s in samples])
-    update_metrics(run.run_dir, {"segmentation": scores, "split": split})
-    return scores
+    return segmentation_metrics(preds, truths, image_ids=[s.image_id for s in samples])
