@@ -45,15 +45,12 @@ def write_json(path: str | Path, obj: Any) -> None:
 
 
 def _json_default(o: Any) -> Any:
-    try:
-        import numpy as np
+    import numpy as np  # here, not at the top: io is imported by everything and numpy is needed rarely
 
-        if isinstance(o, np.generic):
-            return o.item()
-        if isinstance(o, np.ndarray):
-            return o.tolist()
-    except ImportError:  # pragma: no cover
-        pass
+    if isinstance(o, np.generic):
+        return o.item()
+    if isinstance(o, np.ndarray):
+        return o.tolist()
     if isinstance(o, Path):
         return str(o)
     raise TypeError(f"not JSON serialisable: {type(o).__name__}")

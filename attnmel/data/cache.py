@@ -319,22 +319,8 @@ def default_workers() -> int:
     return max(1, min(4, os.cpu_count() or 1))
 
 
-class _NoProgress:
-    """Stand-in for rich's Progress when it is off (rich's import alone costs ~0.1 s)."""
-
-    def __enter__(self) -> _NoProgress:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        return None
-
-    def advance(self, task: int, advance: float = 1) -> None:
-        return None
-
-
 def _progress(enabled: bool, description: str, total: int):
-    if not enabled:
-        return _NoProgress(), 0
+    """A rich progress bar and its task; ``enabled=False`` gives rich's own silent one."""
     from rich.progress import (
         BarColumn,
         MofNCompleteColumn,
@@ -345,7 +331,7 @@ def _progress(enabled: bool, description: str, total: int):
     )
 
     prog = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                    TimeRemainingColumn(), transient=False)
+                    TimeRemainingColumn(), transient=False, disable=not enabled)
     task = prog.add_task(description, total=total)
     return prog, task
 

@@ -305,8 +305,3 @@ class EvalTransform:
         ms = {k: F.center_crop(m, [self.size, self.size]) for k, m in ms.items()}
         return _finish(img, ms, self.mean, self.std)
 
-
-def build_transform(train: bool, image_size: int, mean: Sequence[float], std: Sequence[float]
-                    ) -> TrainTransform | EvalTransform:
-    """The train (random) or eval (centre crop) transform."""
-    return (TrainTransform if train else EvalTransform)(image_size, mean, std)

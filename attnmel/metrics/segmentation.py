@@ -67,11 +67,6 @@ def segmentation_scores(pred: np.ndarray, truth: np.ndarray) -> dict[str, float]
     return scores_from_counts(confusion_counts(pred, truth))
 
 
-def jaccard(pred: np.ndarray, truth: np.ndarray) -> float:
-    """Jaccard index of two boolean masks (1.0 when both are empty)."""
-    return segmentation_scores(pred, truth)["jaccard"]
-
-
 def segmentation_metrics(preds: Sequence[np.ndarray], truths: Sequence[np.ndarray],
                          image_ids: Sequence[str] | None = None) -> dict[str, Any]:
     """Score a list of boolean masks against their ground truths (each pair may have its own size).

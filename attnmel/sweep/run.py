@@ -39,10 +39,10 @@ from attnmel import config as config_mod
 from attnmel.errors import AttnMelError, file_error
 from attnmel.io import write_json, write_text
 from attnmel.sweep.spec import RunPlan, SweepSpec, load_sweep, plan_runs, sweep_dir_of
+from attnmel.sweep.state import ERROR_FILE, attention_done, classification_done, read_metrics, run_finished
 
 log = logging.getLogger("attnmel.sweep")
 
-ERROR_FILE = "error.txt"
 # Keys that make a run folder "the same run": a mismatch means the sweep file changed under it.
 IDENTITY_KEYS = (("seed",), ("task",), ("data", "dataset"), ("data", "root"), ("data", "image_size"),
                  ("data", "num_classes"), ("model",), ("loss",), ("optim",))

@@ -63,7 +63,7 @@ def attention_means(metrics: dict[str, Any]) -> dict[str, dict[str, float]]:
     att = metrics.get("attention")
     if not isinstance(att, dict):
         return {}
-    mean = att.get("mean") if isinstance(att.get("mean"), dict) else att
+    mean = att.get("mean") if isinstance(att.get("mean"), dict) else {}
     out: dict[str, dict[str, float]] = {}
     for method, vals in mean.items():
         if isinstance(vals, dict) and any(k in vals for k in ATTENTION_KEYS):
@@ -81,11 +81,6 @@ def attention_per_image(metrics: dict[str, Any], key: str = "jaccard") -> dict[s
         for r in rows:
             if isinstance(r, dict) and "method" in r and "image_id" in r and isinstance(r.get(key), (int, float)):
                 out.setdefault(map_name(str(r["method"])), {})[str(r["image_id"])] = float(r[key])
-    elif isinstance(rows, dict):  # {method: [{image_id, jaccard, ...}]} variant
-        for method, items in rows.items():
-            for r in items if isinstance(items, list) else []:
-                if isinstance(r, dict) and "image_id" in r and isinstance(r.get(key), (int, float)):
-                    out.setdefault(map_name(str(method)), {})[str(r["image_id"])] = float(r[key])
     return out
 
 
@@ -123,8 +118,6 @@ class RunRecord:
 
 def collect(sweep_dir: Path, spec: SweepSpec, results: Iterable[Any] = ()) -> list[RunRecord]:
     """Every planned arm x seed with its status and metrics (from the folders; ``results`` add errors)."""
-    from attnmel.sweep.run import ERROR_FILE, classification_done, read_metrics
-
     errors = {(r.arm, r.seed): r.error for r in results if getattr(r, "status", None) == "failed"}
     records = []
     for arm in spec.arms:
@@ -526,11 +519,9 @@ def write_summary(sweep_dir: str | Path, spec: SweepSpec, results: Iterable[Any]
 
 
 def _rebuild_index(sweeps_root: Path) -> None:
-    """Let ``reports/index.html`` list this sweep (and its runs), when the report module is there."""
-    try:
-        from attnmel.report.index import rebuild_index
-    except ImportError:
-        return
+    """Let ``reports/index.html`` list this sweep (and its runs)."""
+    from attnmel.report.index import rebuild_index
+
     roots = [Path("runs"), Path("sweeps")]
     if not any(r.resolve() == sweeps_root.resolve() for r in roots):
         roots.append(sweeps_root)

@@ -6,11 +6,11 @@ import logging
 import math
 from typing import Any
 
-import numpy as np
 import pytorch_lightning as pl
 import torch
-from sklearn.metrics import roc_auc_score
 from torch import Tensor
+from torchmetrics.classification import BinaryAUROC
+from torchmetrics.utilities import dim_zero_cat
 
 from attnmel.errors import AttnMelError
 from attnmel.losses import build_classification_loss
@@ -45,8 +45,7 @@ class ClassificationModule(pl.LightningModule):
         self.channels_last = bool(cfg["trainer"].get("channels_last"))
         if self.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
-        self._val_scores: list[Tensor] = []
-        self._val_labels: list[Tensor] = []
+        self.val_auroc = ValidationAUROC()
 
     # -- forward ------------------------------------------------------------------------------
     def forward(self, x: Tensor):  # Lightning's hook
@@ -86,24 +85,18 @@ class ClassificationModule(pl.LightningModule):
 
     # -- validation: AUC of the melanoma column, for model selection ---------------------------
     def on_validation_epoch_start(self) -> None:
-        self._val_scores, self._val_labels = [], []
+        self.val_auroc.reset()
 
     def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
         out = self(batch["image"])
         cls_loss = self.criterion(out.logits.float(), batch["label"])
         probs = torch.softmax(out.logits.detach().float(), dim=1)
-        self._val_scores.append(probs[:, self.melanoma_index].cpu())
-        self._val_labels.append((batch["label"] == self.melanoma_index).long().cpu())
+        self.val_auroc.update(probs[:, self.melanoma_index], (batch["label"] == self.melanoma_index).long())
         self.log("val_loss", cls_loss.detach(), prog_bar=True, batch_size=batch["label"].shape[0], sync_dist=True)
 
     def on_validation_epoch_end(self) -> None:
-        scores = torch.cat(self._val_scores) if self._val_scores else torch.zeros(0)
-        labels = torch.cat(self._val_labels) if self._val_labels else torch.zeros(0, dtype=torch.long)
-        if self.trainer.world_size > 1:
-            scores = self.all_gather(scores).reshape(-1).cpu()
-            labels = self.all_gather(labels).reshape(-1).cpu()
-        auc = binary_auc(labels.numpy(), scores.numpy())
-        self.log("val_auc", auc, prog_bar=True, sync_dist=False, rank_zero_only=False)
+        # compute() gathers every rank's scores under DDP (torchmetrics' sync), so each rank logs the same AUC.
+        self.log("val_auc", self.val_auroc.compute(), prog_bar=True, sync_dist=False, rank_zero_only=False)
 
     # -- inference ----------------------------------------------------------------------------
     def predict_step(self, batch: dict[str, Any], batch_idx: int, dataloader_idx: int = 0) -> Tensor:
@@ -124,9 +117,20 @@ class ClassificationModule(pl.LightningModule):
         }
 
 
-def binary_auc(labels: np.ndarray, scores: np.ndarray) -> float:
-    """ROC AUC of the melanoma scores; 0.5 when a split holds one class only (nothing to rank)."""
-    labels = np.asarray(labels).astype(int)
-    if labels.min(initial=0) == labels.max(initial=0) or not np.all(np.isfinite(scores)):
-        return 0.5 if np.all(np.isfinite(scores)) else math.nan
-    return float(roc_auc_score(labels, scores))
+class ValidationAUROC(BinaryAUROC):
+    """Exact ROC AUC of the melanoma scores (torchmetrics, synced across DDP ranks); 0.5 when the split holds
+    one class only (nothing to rank; torchmetrics would say 0 and pick a checkpoint by noise), NaN when a
+    score is not finite."""
+
+    def __init__(self) -> None:
+        super().__init__(thresholds=None)
+
+    def compute(self) -> Tensor:
+        if isinstance(self.preds, list) and not self.preds:
+            return torch.tensor(0.5)
+        preds, target = dim_zero_cat(self.preds), dim_zero_cat(self.target)
+        if not bool(torch.isfinite(preds).all()):
+            return torch.tensor(math.nan)
+        if target.numel() == 0 or bool(target.min() == target.max()):
+            return torch.tensor(0.5)
+        return super().compute()
