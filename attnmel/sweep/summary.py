@@ -41,6 +41,7 @@ KEY_LABELS = {"auc": "AUC", "average_precision": "AP", "sensitivity": "Sensitivi
               "balanced_accuracy": "Bal. acc.", "jaccard": "Jaccard", "dice": "Dice",
               "pointing_game": "Pointing game", "energy_inside": "Energy inside"}
 PLOT_FILE = "summary_auc_vs_jaccard.png"
+TEMPLATES = Path(__file__).resolve().parent / "templates"  # summary.html (package data)
 # Maps of Table 3 and of the paired Jaccard tests; the rest (e.g. the mask-derived centre-blob baseline, the
 # same for every arm) appear in the all-scores table and the csv only.
 TABLE3_MAPS = ("pool3", "pool4", "cam", "gradcam")
@@ -447,46 +448,13 @@ def plot(summary: dict[str, Any], path: Path, layer: str = PLOT_LAYER) -> bool:
     return True
 
 
-HTML_TEMPLATE = """<!doctype html>
-<html lang="en"><head><meta charset="utf-8">
-<title>Sweep {{ s.name }} on {{ s.dataset }}</title>
-<style>
-body { font-family: system-ui, sans-serif; margin: 2em; color: #222; }
-table { border-collapse: collapse; margin: 0.5em 0 1.5em; font-size: 0.9em; }
-th, td { border: 1px solid #ccc; padding: 0.3em 0.6em; text-align: right; }
-th:first-child, td:first-child { text-align: left; }
-th { background: #f2f2f2; }
-.failed { color: #b00; } .missing { color: #a60; }
-img { max-width: 100%; }
-</style></head><body>
-<h1>Sweep <code>{{ s.name }}</code> on <code>{{ s.dataset }}</code></h1>
-{% if s.description %}<p>{{ s.description }}</p>{% endif %}
-<p>Seeds: {{ s.seeds | join(", ") }}. Baseline arm: <code>{{ s.baseline }}</code>.</p>
-{% for t in tables %}
-<h2>{{ t.title }}</h2>
-<table><thead><tr>{% for h in t.header %}<th>{{ h }}</th>{% endfor %}</tr></thead>
-<tbody>{% for r in t.rows %}<tr>{% for c in r %}<td>{{ c }}</td>{% endfor %}</tr>{% endfor %}</tbody></table>
-{% endfor %}
-{% if plot %}<h2>AUC against mean attention Jaccard</h2>
-<img alt="AUC against mean attention Jaccard per arm" src="data:image/png;base64,{{ plot }}">{% endif %}
-<h2>Runs</h2>
-<table><thead><tr><th>Arm</th><th>Seed</th><th>Status</th><th>Report</th></tr></thead><tbody>
-{% for a in s.arms %}{% for r in a.runs %}<tr><td>{{ a.label }}</td><td>{{ r.seed }}</td>
-<td class="{{ r.status }}">{{ r.status }}{% if r.error %}: {{ r.error }}{% endif %}</td>
-<td>{% if r.report %}<a href="{{ r.report }}">report</a>{% else %}–{% endif %}</td></tr>{% endfor %}{% endfor %}
-</tbody></table>
-<h2>Statistics</h2>
-<ul>{% for k, v in s.rules.items() %}<li>{{ k }}: {{ v }}</li>{% endfor %}</ul>
-</body></html>
-"""
-
-
 def html(summary: dict[str, Any], plot_png: bytes | None) -> str:
     """``summary.html``: self-contained (plot inlined), autoescaped, relative links to run reports."""
     import jinja2
 
-    env = jinja2.Environment(autoescape=True, undefined=jinja2.StrictUndefined)
-    tmpl = env.from_string(HTML_TEMPLATE)
+    env = jinja2.Environment(loader=jinja2.FileSystemLoader(str(TEMPLATES)), autoescape=True,
+                             undefined=jinja2.StrictUndefined)
+    tmpl = env.get_template("summary.html")
     encoded = base64.b64encode(plot_png).decode("ascii") if plot_png else None
     return tmpl.render(s=summary, tables=list(tables(summary).values()), plot=encoded)
 
