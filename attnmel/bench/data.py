@@ -89,33 +89,60 @@ def _rate(n: int, seconds: float) -> float:
 
 def run(out_json: Path = Path("reports/bench/data.json"), src_dir: Path | None = None) -> dict:
     """Measure, print a table, write ``out_json`` atomically; returns the report."""
-    import torch
-
-    from attnmel.data.cache import default_workers, ensure_cache, resolve_sources
-    from attnmel.data.datamodule import AttnMelDataset
-    from attnmel.data.samples import DatasetIndex, Sample
-    from attnmel.data.transforms import BaseSpec, TrainTransform, normalization_stats
+    from attnmel.data.cache import default_workers
 
     t_start = time.perf_counter()
     src_dir = Path(src_dir) if src_dir else Path(".cache/attnmel/bench-data-src")
     paths = make_images(src_dir)
     n = len(paths)
     mb = sum(p.stat().st_size for p in paths) / 2**20
+    plain_s = _time_plain(paths)
+    workers = default_workers()
+    build_s, epoch_s, epochs = _time_cache(paths, workers)
+    plain_ips, build_ips, epoch_ips = _rate(n, plain_s), _rate(n, build_s), _rate(n, epoch_s)
+    ratios = {"cache_build_vs_plain": build_ips / plain_ips, "cached_epoch_vs_plain": epoch_ips / plain_ips}
+    passed = {k: ratios[k] >= TARGETS[k] for k in TARGETS}
+    report = {
+        "images": {f"{w}x{h}": k for w, h, k in SIZES}, "n_images": n, "jpeg_mb": round(mb, 1),
+        "resize": RESIZE, "image_size": IMAGE_SIZE, "cache_workers": workers, "cpu_count": os.cpu_count(),
+        "images_per_second": {"plain": round(plain_ips, 2), "cache_build": round(build_ips, 2),
+                              "cached_epoch": round(epoch_ips, 1)},
+        "seconds": {"plain_pass": round(plain_s, 3), "cache_build": round(build_s, 3),
+                    "cached_epoch": round(epoch_s, 4), "cached_epochs_timed": epochs},
+        "ratios": {k: round(v, 2) for k, v in ratios.items()},
+        "targets": TARGETS, "pass": passed, "all_pass": all(passed.values()),
+        "bench_seconds": round(time.perf_counter() - t_start, 1),
+    }
+    write_json(out_json, report)
+    _print(report)
+    return report
 
-    # (a) plain: best of two passes (the first may still pay for page-cache misses); (b) is a best of two
-    # as well, so load from other processes on a shared machine favours neither side of the ratio
+
+def _time_plain(paths: list[Path]) -> float:
+    """(a) the plain pipeline: best of two passes (the first may still pay for page-cache misses); the cache
+    build is a best of two as well, so load from other processes on a shared machine favours neither side."""
     plain_s = float("inf")
     for _ in range(2):
         t0 = time.perf_counter()
         for p in paths:
             plain_pipeline(p)
         plain_s = min(plain_s, time.perf_counter() - t0)
+    return plain_s
 
-    # (b) first cache build, into a fresh folder
+
+def _time_cache(paths: list[Path], workers: int) -> tuple[float, float, int]:
+    """(b) seconds of a first cache build (best of two, each into an empty folder) and (c) seconds per epoch
+    read back through the training dataset, with the number of epochs timed."""
+    import torch
+
+    from attnmel.data.cache import ensure_cache, resolve_sources
+    from attnmel.data.datamodule import AttnMelDataset
+    from attnmel.data.samples import DatasetIndex, Sample
+    from attnmel.data.transforms import BaseSpec, TrainTransform, normalization_stats
+
     spec = BaseSpec(resize=RESIZE, center_crop=CENTER_CROP)
     samples = [Sample(p.stem, p, label=i % 2) for i, p in enumerate(paths)]
     index = DatasetIndex("bench", "train", samples, ["other", "melanoma"])
-    workers = default_workers()
     tmp_cache = Path(tempfile.mkdtemp(prefix="attnmel-bench-cache-"))
     try:
         # best of two first builds (each into an empty folder), like the plain pipeline's best of two passes
@@ -144,24 +171,7 @@ def run(out_json: Path = Path("reports/bench/data.json"), src_dir: Path | None =
         del cache, ds
     finally:
         shutil.rmtree(tmp_cache, ignore_errors=True)
-
-    plain_ips, build_ips, epoch_ips = _rate(n, plain_s), _rate(n, build_s), _rate(n, epoch_s)
-    ratios = {"cache_build_vs_plain": build_ips / plain_ips, "cached_epoch_vs_plain": epoch_ips / plain_ips}
-    passed = {k: ratios[k] >= TARGETS[k] for k in TARGETS}
-    report = {
-        "images": {f"{w}x{h}": k for w, h, k in SIZES}, "n_images": n, "jpeg_mb": round(mb, 1),
-        "resize": RESIZE, "image_size": IMAGE_SIZE, "cache_workers": workers, "cpu_count": os.cpu_count(),
-        "images_per_second": {"plain": round(plain_ips, 2), "cache_build": round(build_ips, 2),
-                              "cached_epoch": round(epoch_ips, 1)},
-        "seconds": {"plain_pass": round(plain_s, 3), "cache_build": round(build_s, 3),
-                    "cached_epoch": round(epoch_s, 4), "cached_epochs_timed": epochs},
-        "ratios": {k: round(v, 2) for k, v in ratios.items()},
-        "targets": TARGETS, "pass": passed, "all_pass": all(passed.values()),
-        "bench_seconds": round(time.perf_counter() - t_start, 1),
-    }
-    write_json(out_json, report)
-    _print(report)
-    return report
+    return build_s, epoch_s, epochs
 
 
 def _print(r: dict) -> None:

@@ -99,12 +99,35 @@ def classification_metrics(y_true: np.ndarray, probs: np.ndarray, class_names: S
     ``seborrheic_keratosis``.
     """
     y, p = _check_inputs(y_true, probs, class_names, melanoma_index)
-    k = len(class_names)
     undefined: dict[str, str] = {}
     y_bin = y == melanoma_index
     mel = p[:, melanoma_index]
-    pred = mel > THRESHOLD
+    out: dict[str, Any] = {
+        "n_images": int(y.shape[0]),
+        "n_melanoma": int(y_bin.sum()),
+        "class_names": list(class_names),
+        "melanoma_class": class_names[melanoma_index],
+        "threshold": THRESHOLD,
+    }
+    out.update(_binary_scores(y_bin, mel, undefined))
+    out.update(_threshold_scores(y_bin, mel > THRESHOLD, undefined))
+    for level in SENSITIVITY_LEVELS:
+        key = f"spec_at_sens_{round(level * 100)}"
+        out[key] = spec_at_sensitivity(y_bin, mel, level)
+        if out[key] is None:
+            undefined[key] = _ONE_CLASS.format(key)
+    k = len(class_names)
+    cm = np.zeros((k, k), dtype=np.int64)
+    np.add.at(cm, (y, p.argmax(axis=1)), 1)
+    out["confusion_matrix"] = cm.tolist()
+    if k > 2:
+        out.update(_multiclass_scores(y, p, class_names, melanoma_index, undefined))
+    out["undefined"] = undefined
+    return out
 
+
+def _threshold_scores(y_bin: np.ndarray, pred: np.ndarray, undefined: dict[str, str]) -> dict[str, Any]:
+    """Accuracy, sensitivity, specificity, balanced accuracy and F1 of the thresholded melanoma column."""
     tp = int(np.sum(pred & y_bin))
     tn = int(np.sum(~pred & ~y_bin))
     fp = int(np.sum(pred & ~y_bin))
@@ -122,55 +145,33 @@ def classification_metrics(y_true: np.ndarray, probs: np.ndarray, class_names: S
     f1 = _ratio(2 * tp, 2 * tp + fp + fn)
     if f1 is None:
         undefined["f1"] = "no melanoma image in y_true and none predicted: f1 is undefined"
+    return {"accuracy": float((tp + tn) / y_bin.shape[0]), "sensitivity": sens, "specificity": spec,
+            "balanced_accuracy": bacc, "f1": f1}
 
-    out: dict[str, Any] = {
-        "n_images": int(y.shape[0]),
-        "n_melanoma": int(y_bin.sum()),
-        "class_names": list(class_names),
-        "melanoma_class": class_names[melanoma_index],
-        "threshold": THRESHOLD,
-    }
-    out.update(_binary_scores(y_bin, mel, undefined))
-    out.update({
-        "accuracy": float((tp + tn) / y.shape[0]),
-        "sensitivity": sens,
-        "specificity": spec,
-        "balanced_accuracy": bacc,
-        "f1": f1,
-    })
-    for level in SENSITIVITY_LEVELS:
-        key = f"spec_at_sens_{round(level * 100)}"
-        out[key] = spec_at_sensitivity(y_bin, mel, level)
-        if out[key] is None:
-            undefined[key] = _ONE_CLASS.format(key)
 
-    argmax = p.argmax(axis=1)
-    cm = np.zeros((k, k), dtype=np.int64)
-    np.add.at(cm, (y, argmax), 1)
-    out["confusion_matrix"] = cm.tolist()
-
-    if k > 2:
-        out["multiclass_accuracy"] = float(np.mean(argmax == y))
-        per_class: dict[str, dict[str, float | None]] = {}
-        for c, name in enumerate(class_names):
-            sub: dict[str, str] = {}
-            per_class[name] = _binary_scores(y == c, p[:, c], sub)
-            for key, reason in sub.items():
-                undefined[f"per_class.{name}.{key}"] = reason
-        out["per_class"] = per_class
-        for key in ("auc", "average_precision"):
-            vals = [v[key] for v in per_class.values() if v[key] is not None]
-            out[f"mean_{key}"] = float(np.mean(vals)) if vals else None
-            if not vals:
-                undefined[f"mean_{key}"] = f"no class has a defined {key}"
-        sk = [n for n in class_names if n.lower() == SK_CLASS]
-        if sk:
-            pair = [per_class[class_names[melanoma_index]]["auc"], per_class[sk[0]]["auc"]]
-            ok = all(v is not None for v in pair)
-            out["isic2017_mean_auc"] = float(np.mean(pair)) if ok else None
-            if not ok:
-                undefined["isic2017_mean_auc"] = "melanoma or seborrheic keratosis AUC is undefined"
-    out["undefined"] = undefined
+def _multiclass_scores(y: np.ndarray, p: np.ndarray, class_names: Sequence[str], melanoma_index: int,
+                       undefined: dict[str, str]) -> dict[str, Any]:
+    """K > 2: multiclass accuracy, one-vs-rest AUC/AP per class, their means, ISIC 2017's mean AUC."""
+    out: dict[str, Any] = {"multiclass_accuracy": float(np.mean(p.argmax(axis=1) == y))}
+    per_class: dict[str, dict[str, float | None]] = {}
+    for c, name in enumerate(class_names):
+        sub: dict[str, str] = {}
+        per_class[name] = _binary_scores(y == c, p[:, c], sub)
+        for key, reason in sub.items():
+            undefined[f"per_class.{name}.{key}"] = reason
+    out["per_class"] = per_class
+    for key in ("auc", "average_precision"):
+        vals = [v[key] for v in per_class.values() if v[key] is not None]
+        out[f"mean_{key}"] = float(np.mean(vals)) if vals else None
+        if not vals:
+            undefined[f"mean_{key}"] = f"no class has a defined {key}"
+    sk = [n for n in class_names if n.lower() == SK_CLASS]
+    if sk:
+        pair = [per_class[class_names[melanoma_index]]["auc"], per_class[sk[0]]["auc"]]
+        ok = all(v is not None for v in pair)
+        out["isic2017_mean_auc"] = float(np.mean(pair)) if ok else None
+        if not ok:
+            undefined["isic2017_mean_auc"] = "melanoma or seborrheic keratosis AUC is undefined"
     return out
 
 

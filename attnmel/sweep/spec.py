@@ -175,23 +175,45 @@ def load_sweep(path: str | Path, dataset: str | None = None) -> SweepSpec:
     raw = config_mod.read_yaml(path)
     _check_keys(path, "", raw, TOP_KEYS)
     schema = config_mod.defaults()
+    base, dataset, base_path = _base_config(path, raw, dataset)
+    shared, ds_over, seeds, jobs = _dataset_settings(path, raw, base, dataset, schema)
+    arms, seen = _arms(path, raw, base, dataset, shared, ds_over, schema)
+    baseline = raw.get("baseline", arms[0].name)
+    if baseline not in seen:
+        raise file_error(path, f"baseline '{baseline}' is not an arm (arms: {', '.join(sorted(seen))})")
+    if baseline not in {a.name for a in arms}:
+        raise file_error(path, f"baseline arm '{baseline}' does not run on dataset '{dataset}'")
+    name = raw.get("name") or path.stem
+    if not isinstance(name, str) or not _SAFE_NAME.match(name):
+        raise file_error(path, f"'name' must be a folder-safe string, got {name!r}")
+    return SweepSpec(path=path, name=name, dataset=dataset, base=base_path, arms=arms, seeds=seeds,
+                     baseline=str(baseline), description=str(raw.get("description") or ""),
+                     paper_numbers=_paper_numbers(path, raw, dataset), jobs=jobs)
 
+
+def _base_config(path: Path, raw: dict[str, Any], dataset: str | None) -> tuple[dict[str, Any], str, Path]:
+    """``base`` (dataset -> experiment config), the dataset chosen and its experiment config's path."""
     base = _mapping(path, "base", raw.get("base"))
     if not base:
         raise file_error(path, "'base' must map each dataset to an experiment config, "
                                "e.g. {synthetic: ../synthetic.yaml}")
-    datasets_raw = _mapping(path, "datasets", raw.get("datasets"))
-    for ds, block in datasets_raw.items():
-        if ds not in base:
-            raise file_error(path, f"'datasets.{ds}' has no base config (base lists: {', '.join(base)})")
-        _check_keys(path, f"datasets.{ds}.", _mapping(path, f"datasets.{ds}", block), DATASET_KEYS)
     dataset = dataset or raw.get("default_dataset") or next(iter(base))
     if dataset not in base:
         raise file_error(path, f"no base config for dataset '{dataset}' (this sweep has: {', '.join(base)})")
     base_path = (path.parent / str(base[dataset])).resolve()
     if not base_path.is_file():
         raise file_error(path, f"base config for '{dataset}' not found: {base_path}")
+    return base, dataset, base_path
 
+
+def _dataset_settings(path: Path, raw: dict[str, Any], base: dict[str, Any], dataset: str,
+                      schema: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any], list[int], int]:
+    """The shared overrides, the dataset's own overrides, seeds and jobs; every ``datasets`` block is checked."""
+    datasets_raw = _mapping(path, "datasets", raw.get("datasets"))
+    for ds, block in datasets_raw.items():
+        if ds not in base:
+            raise file_error(path, f"'datasets.{ds}' has no base config (base lists: {', '.join(base)})")
+        _check_keys(path, f"datasets.{ds}.", _mapping(path, f"datasets.{ds}", block), DATASET_KEYS)
     shared = _overrides(path, "overrides", raw.get("overrides"), schema)
     ds_block = _mapping(path, f"datasets.{dataset}", datasets_raw.get(dataset))
     ds_over = _overrides(path, f"datasets.{dataset}.overrides", ds_block.get("overrides"), schema)
@@ -201,11 +223,16 @@ def load_sweep(path: str | Path, dataset: str | None = None) -> SweepSpec:
             _seeds(path, f"datasets.{ds}.seeds", block["seeds"])
     seeds_raw = ds_block.get("seeds", raw.get("seeds", [0]))
     seeds = _seeds(path, f"datasets.{dataset}.seeds" if "seeds" in ds_block else "seeds", seeds_raw)
-
     jobs = ds_block.get("jobs", raw.get("jobs", 1))
     if not isinstance(jobs, int) or isinstance(jobs, bool) or jobs < 1:
         raise file_error(path, f"'jobs' must be an integer >= 1, got {jobs!r}")
+    return shared, ds_over, seeds, jobs
 
+
+def _arms(path: Path, raw: dict[str, Any], base: dict[str, Any], dataset: str, shared: dict[str, Any],
+          ds_over: dict[str, Any], schema: dict[str, Any]) -> tuple[list[ArmSpec], set[str]]:
+    """The arms that run on ``dataset`` (overrides merged: shared, dataset, arm, arm x dataset) and every
+    arm name of the file."""
     arms_raw = raw.get("arms")
     if not isinstance(arms_raw, list) or not arms_raw:
         raise file_error(path, "'arms' must be a non-empty list of {name, overrides}")
@@ -221,50 +248,48 @@ def load_sweep(path: str | Path, dataset: str | None = None) -> SweepSpec:
         if name in seen:
             raise file_error(path, f"duplicate arm name '{name}'")
         seen.add(name)
-        over = _overrides(path, f"arms[{name}].overrides", arm.get("overrides"), schema)
-        per_ds = _mapping(path, f"arms[{name}].datasets", arm.get("datasets"))
-        for ds, block in per_ds.items():
-            if ds not in base:
-                raise file_error(path, f"arms[{name}].datasets.{ds}: no base config for that dataset")
-            _overrides(path, f"arms[{name}].datasets.{ds}", block, schema)
-        arm_ds = _overrides(path, f"arms[{name}].datasets.{dataset}", per_ds.get(dataset), schema)
-        only = arm.get("only")
-        if only is not None:
-            if isinstance(only, str):
-                only = [only]
-            if not isinstance(only, list) or any(ds not in base for ds in only):
-                raise file_error(path, f"arms[{name}].only must list datasets of 'base' ({', '.join(base)}), "
-                                       f"got {only!r}")
-            if dataset not in only:
-                continue
-        merged = _deep_merge(_deep_merge(_deep_merge(shared, ds_over, schema), over, schema), arm_ds, schema)
-        paper = arm.get("paper")
-        arms.append(ArmSpec(name=name, label=str(arm.get("label") or name),
-                            paper=str(paper) if paper is not None else None, overrides=merged,
-                            description=str(arm.get("description") or "")))
-
+        spec = _arm(path, name, arm, base, dataset, shared, ds_over, schema)
+        if spec is not None:
+            arms.append(spec)
     if not arms:
         raise file_error(path, f"no arm runs on dataset '{dataset}'")
-    baseline = raw.get("baseline", arms[0].name)
-    if baseline not in seen:
-        raise file_error(path, f"baseline '{baseline}' is not an arm (arms: {', '.join(sorted(seen))})")
-    if baseline not in {a.name for a in arms}:
-        raise file_error(path, f"baseline arm '{baseline}' does not run on dataset '{dataset}'")
-    name = raw.get("name") or path.stem
-    if not isinstance(name, str) or not _SAFE_NAME.match(name):
-        raise file_error(path, f"'name' must be a folder-safe string, got {name!r}")
+    return arms, seen
 
+
+def _arm(path: Path, name: str, arm: dict[str, Any], base: dict[str, Any], dataset: str, shared: dict[str, Any],
+         ds_over: dict[str, Any], schema: dict[str, Any]) -> ArmSpec | None:
+    """One arm on ``dataset``, or None when its ``only`` leaves that dataset out."""
+    over = _overrides(path, f"arms[{name}].overrides", arm.get("overrides"), schema)
+    per_ds = _mapping(path, f"arms[{name}].datasets", arm.get("datasets"))
+    for ds, block in per_ds.items():
+        if ds not in base:
+            raise file_error(path, f"arms[{name}].datasets.{ds}: no base config for that dataset")
+        _overrides(path, f"arms[{name}].datasets.{ds}", block, schema)
+    arm_ds = _overrides(path, f"arms[{name}].datasets.{dataset}", per_ds.get(dataset), schema)
+    only = arm.get("only")
+    if only is not None:
+        if isinstance(only, str):
+            only = [only]
+        if not isinstance(only, list) or any(ds not in base for ds in only):
+            raise file_error(path, f"arms[{name}].only must list datasets of 'base' ({', '.join(base)}), "
+                                   f"got {only!r}")
+        if dataset not in only:
+            return None
+    merged = _deep_merge(_deep_merge(_deep_merge(shared, ds_over, schema), over, schema), arm_ds, schema)
+    paper = arm.get("paper")
+    return ArmSpec(name=name, label=str(arm.get("label") or name), paper=str(paper) if paper is not None else None,
+                   overrides=merged, description=str(arm.get("description") or ""))
+
+
+def _paper_numbers(path: Path, raw: dict[str, Any], dataset: str) -> dict[str, Any]:
+    """The paper's numbers for ``dataset`` from ``paper_numbers`` (default: the file beside the sweep)."""
     numbers_file = raw.get("paper_numbers")
     numbers_path = path.parent / (str(numbers_file) if numbers_file else PAPER_NUMBERS)
-    numbers: dict[str, Any] = {}
     if numbers_path.is_file():
-        numbers = _mapping(numbers_path, "paper numbers", config_mod.read_yaml(numbers_path)).get(dataset) or {}
-    elif numbers_file:
+        return _mapping(numbers_path, "paper numbers", config_mod.read_yaml(numbers_path)).get(dataset) or {}
+    if numbers_file:
         raise file_error(path, f"paper_numbers file not found: {numbers_path}")
-
-    return SweepSpec(path=path, name=name, dataset=dataset, base=base_path, arms=arms, seeds=seeds,
-                     baseline=str(baseline), description=str(raw.get("description") or ""),
-                     paper_numbers=numbers, jobs=jobs)
+    return {}
 
 
 def plan_runs(spec: SweepSpec, out_root: str | Path = "sweeps", overrides: Iterable[str] = ()) -> list[RunPlan]:
