@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
+import json
 import random
-import sys
-import types
 from pathlib import Path
 
 import numpy as np
@@ -16,6 +15,7 @@ from torch.utils.data import Dataset
 from attnmel.config import defaults
 from attnmel.data.datamodule import AttnMelDataModule, make_loader, oversample_rows
 from attnmel.data.samples import DatasetIndex, Sample
+from attnmel.data.synthetic import MARKER
 from attnmel.errors import AttnMelError
 
 N_MEL = 3
@@ -222,16 +222,15 @@ def test_predict_dataset_and_eval_loader(tmp_path):
     assert torch.cat([b["index"] for b in ev]).tolist() == list(range(10))
 
 
-def test_synthetic_generated_when_root_is_missing(tmp_path, monkeypatch):
-    calls = []
-    fake = types.ModuleType("attnmel.data.synthetic")
-    fake.generate = lambda out, n, size, seed, spurious=False, progress=True: calls.append((Path(out), n, size, seed,
-                                                                                            spurious))
-    monkeypatch.setitem(sys.modules, "attnmel.data.synthetic", fake)
+def test_synthetic_generated_when_root_is_missing(tmp_path):
     cfg = make_cfg(tmp_path)
-    cfg["data"]["synthetic"] = {"n": 20, "size": 48, "spurious": True, "seed": 3}
-    AttnMelDataModule(cfg, progress=False).prepare_data()
-    assert calls == [(tmp_path / "data", 20, 48, 3, True)]
+    cfg["data"]["synthetic"] = {"n": 12, "size": 40, "spurious": True, "seed": 3}
+    dm = AttnMelDataModule(cfg, progress=False)
+    dm.prepare_data()
+    record = json.loads((tmp_path / "data" / MARKER).read_text())
+    assert record == {**record, "complete": True, "n": 12, "size": 40, "seed": 3, "spurious": True}
+    samples = [s for split in ("train", "val", "test") for s in dm.index(split).samples]
+    assert len(samples) == 12 and Image.open(samples[0].image).size == (40, 40)
 
 
 def test_oversampling_per_class_mapping():

@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import sys
-import types
-
 import pytest
 import torch
 import torch.nn.functional as F
@@ -222,15 +219,11 @@ def test_bad_num_classes_is_an_error() -> None:
         build_model({"name": "attnmel", "pretrained": "none", "width": 0.125}, 1)
 
 
-def test_segmenters_are_delegated(monkeypatch: pytest.MonkeyPatch) -> None:
-    calls = []
-    fake = types.ModuleType("attnmel.models.segmentation")
-
-    def build_segmenter(name: str, cfg: dict) -> torch.nn.Module:
-        calls.append((name, cfg["pretrained"]))
-        return torch.nn.Identity()
-
-    fake.build_segmenter = build_segmenter
-    monkeypatch.setitem(sys.modules, "attnmel.models.segmentation", fake)
-    assert isinstance(build_model({"name": "unet", "pretrained": "none"}, 2), torch.nn.Identity)
-    assert calls == [("unet", "none")]
+def test_segmenters_build_through_build_model() -> None:
+    # num_classes does not apply to a segmenter: one lesion-logit channel at the input's size.
+    model = build_model({"name": "unet", "pretrained": "none", "width": 0.125}, 2).eval()
+    with torch.no_grad():
+        out = model(torch.randn(2, 3, 32, 32))
+    assert out.shape == (2, 1, 32, 32)
+    with pytest.raises(AttnMelError, match="model.options.*fuse_strides"):
+        build_model({"name": "unet", "pretrained": "none", "options": {"fuse_strides": [8]}}, 2)
