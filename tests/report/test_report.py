@@ -20,7 +20,7 @@ from attnmel.report import figures as F
 from attnmel.report.build import build_report, cam_batch, forward_with_gradcam
 from attnmel.report.index import rebuild_index
 
-EXPERIMENTS = Path(__file__).resolve().parents[1] / "experiments"
+EXPERIMENTS = Path(__file__).resolve().parents[2] / "experiments"
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 XSS = "<script>alert(1)</script>"
 

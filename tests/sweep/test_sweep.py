@@ -19,7 +19,7 @@ from attnmel.sweep import stats
 from attnmel.sweep.spec import load_sweep, plan_runs
 from attnmel.sweep.summary import build_summary, collect, read_predictions, write_summary
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 # -- DeLong ----------------------------------------------------------------------------------------

@@ -12,7 +12,7 @@ import torch
 
 from attnmel.data.readers import read_split
 
-EXPERIMENTS = Path(__file__).resolve().parents[1] / "experiments"
+EXPERIMENTS = Path(__file__).resolve().parents[2] / "experiments"
 
 
 @pytest.mark.slow

@@ -14,7 +14,7 @@ from attnmel.cli import main as cli_main
 from attnmel.errors import AttnMelError
 from attnmel.train import run as run_mod
 
-EXPERIMENTS = Path(__file__).resolve().parents[1] / "experiments"
+EXPERIMENTS = Path(__file__).resolve().parents[2] / "experiments"
 
 
 @pytest.fixture(scope="module")

@@ -18,7 +18,7 @@ from attnmel.bench.report import make_untrained_run
 from attnmel.report.build import build_report
 
 pytestmark = pytest.mark.browser
-OUTPUT = Path(__file__).resolve().parents[1] / "reports" / "test-output"
+OUTPUT = Path(__file__).resolve().parents[2] / "reports" / "test-output"
 
 
 def _chromium() -> str:
