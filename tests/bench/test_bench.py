@@ -24,6 +24,7 @@ def test_model_bench_measures_one_setting_at_64px() -> None:
     assert res["working_mem_mib"] is None or res["working_mem_mib"] >= 0
 
 
+@pytest.mark.slow  # full-width VGG-16 twice / a full U-Net training step: seconds each
 def test_model_bench_reference_matches_our_model() -> None:
     # The naive eager reference (torchvision's vgg16_bn + the head written out) computes what AttnMelCNN does.
     ref = bench_model.numerics(size=64, batch=1)["reference_fp32"]
@@ -31,6 +32,7 @@ def test_model_bench_reference_matches_our_model() -> None:
     assert max(ref["logits_rel"], ref["features_rel"], ref["maps_rel"]) <= bench_model.FP32_REL_TOL
 
 
+@pytest.mark.slow  # full-width VGG-16 twice / a full U-Net training step: seconds each
 def test_segmentation_bench_rates_at_32px() -> None:
     rate = bench_seg.infer_rate("unet", size=32, batch=1, iters=1)
     assert math.isfinite(rate) and rate > 0
