@@ -32,7 +32,6 @@ other's runs): pass ``--out`` to keep both.
 
 from __future__ import annotations
 
-import copy
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -101,38 +100,7 @@ class RunPlan:
 
 
 # -- helpers ---------------------------------------------------------------------------------------
-def expand_dotted(mapping: dict[str, Any]) -> dict[str, Any]:
-    """``{"a.b": 1, "c": {"d.e": 2}}`` -> ``{"a": {"b": 1}, "c": {"d": {"e": 2}}}`` (deep-merging)."""
-    out: dict[str, Any] = {}
-    for key, value in mapping.items():
-        parts = str(key).split(".")
-        node = out
-        for p in parts[:-1]:
-            nxt = node.get(p)
-            if not isinstance(nxt, dict):
-                nxt = node[p] = {}
-            node = nxt
-        leaf = parts[-1]
-        if isinstance(value, dict) and value:
-            value = expand_dotted(value)
-            if isinstance(node.get(leaf), dict):
-                value = {**node[leaf], **value}
-        node[leaf] = value
-    return out
-
-
-def _deep_merge(a: dict[str, Any], b: dict[str, Any], schema: dict[str, Any] | None = None) -> dict[str, Any]:
-    """Merge ``b`` into a copy of ``a``; free-form mappings of the schema (``loss.weights``) are replaced
-    whole, as :func:`attnmel.config.merge` does, so a sweep layer never mixes two layers' weights."""
-    schema = config_mod.defaults() if schema is None else schema
-    out = copy.deepcopy(a)
-    for k, v in b.items():
-        sub = schema.get(k) if isinstance(schema, dict) else None
-        if isinstance(v, dict) and isinstance(out.get(k), dict) and isinstance(sub, dict) and sub:
-            out[k] = _deep_merge(out[k], v, sub)
-        else:
-            out[k] = copy.deepcopy(v)
-    return out
+expand_dotted = config_mod.expand_dotted  # one config engine: dotted keys and merging live in attnmel.config
 
 
 def _check_keys(path: Path, where: str, data: dict[str, Any], known: Iterable[str]) -> None:
@@ -235,7 +203,9 @@ def load_sweep(path: str | Path, dataset: str | None = None) -> SweepSpec:
                 raise file_error(path, f"arms[{name}].only must list datasets of 'base' ({', '.join(base)}), got {only!r}")
             if dataset not in only:
                 continue
-        merged = _deep_merge(_deep_merge(_deep_merge(shared, ds_over, schema), over, schema), arm_ds, schema)
+        merged = shared
+        for layer in (ds_over, over, arm_ds):
+            merged = config_mod.merge(merged, layer, schema=schema, source=f"{path}: arms[{name}]")
         paper = arm.get("paper")
         arms.append(ArmSpec(name=name, label=str(arm.get("label") or name),
                             paper=str(paper) if paper is not None else None, overrides=merged,
