@@ -354,13 +354,20 @@ def changed_keys(old: Config, new: Config) -> list[str]:
     return [k for k in leaf_keys(defaults()) if get(old, k) != get(new, k)]
 
 
+def frozen_changes(saved: Config, asked: Config) -> list[str]:
+    """The keys outside ``RESUME_MAY_CHANGE`` whose value differs between a run's config and ``asked``."""
+    return [k for k in changed_keys(saved, asked) if k not in RESUME_MAY_CHANGE]
+
+
+def frozen_change_message(where: str, key: str, saved: Config, asked: Config) -> str:
+    return (f"{where}: {key} cannot change when resuming (the run was trained with {get(saved, key)!r}, "
+            f"now {get(asked, key)!r}); keys that may change: {', '.join(RESUME_MAY_CHANGE)}")
+
+
 def check_resume_changes(saved: Config, asked: Config, where: str) -> None:
     """Refuse, in one line, any change to a key that a resumed run cannot change (see ``RESUME_MAY_CHANGE``)."""
-    for key in changed_keys(saved, asked):
-        if key not in RESUME_MAY_CHANGE:
-            raise AttnMelError(
-                f"{where}: {key} cannot change when resuming (the run was trained with {get(saved, key)!r}, "
-                f"now {get(asked, key)!r}); keys that may change: {', '.join(RESUME_MAY_CHANGE)}")
+    for key in frozen_changes(saved, asked):
+        raise AttnMelError(frozen_change_message(where, key, saved, asked))
 
 
 def dump(cfg: Config) -> str:

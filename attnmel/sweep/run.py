@@ -39,6 +39,7 @@ from attnmel import config as config_mod
 from attnmel.errors import AttnMelError, file_error
 from attnmel.io import write_json, write_text
 from attnmel.sweep.spec import RunPlan, SweepSpec, load_sweep, plan_runs, sweep_dir_of
+from attnmel.train.rundir import read_metrics, update_metrics
 
 log = logging.getLogger("attnmel.sweep")
 
@@ -61,18 +62,6 @@ class RunResult:
 
 
 # -- state of a run folder -------------------------------------------------------------------------
-def read_metrics(run_dir: Path) -> dict[str, Any]:
-    """``metrics.json`` of a run, or ``{}`` when missing or unreadable."""
-    path = Path(run_dir) / "metrics.json"
-    if not path.is_file():
-        return {}
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError):
-        return {}
-    return data if isinstance(data, dict) else {}
-
-
 def classification_done(metrics: dict[str, Any]) -> bool:
     return isinstance(metrics.get("classification"), dict) and bool(metrics["classification"])
 
@@ -121,8 +110,6 @@ def _evaluate(run_dir: Path) -> None:
 
 def _score_attention(run_dir: Path) -> None:
     """Write the ``attention`` section of ``metrics.json`` (or ``attention_skipped`` with the reason)."""
-    from attnmel.train.run import update_metrics
-
     try:
         from attnmel.report.build import build_report
     except ImportError:
@@ -141,8 +128,10 @@ def _score_attention(run_dir: Path) -> None:
 
 
 def is_rank_zero() -> bool:
-    """False inside the extra processes Lightning's DDP launcher starts (they set LOCAL_RANK / NODE_RANK)."""
-    return all(int(os.environ.get(v, "0") or 0) == 0 for v in ("LOCAL_RANK", "NODE_RANK", "RANK"))
+    """False inside the extra processes of a DDP job (see :func:`attnmel.data.datamodule.process_rank`)."""
+    from attnmel.data.datamodule import process_rank
+
+    return process_rank() == 0
 
 
 def wants_own_process(cfg: dict[str, Any]) -> bool:

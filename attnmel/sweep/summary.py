@@ -124,7 +124,8 @@ class RunRecord:
 
 def collect(sweep_dir: Path, spec: SweepSpec, results: Iterable[Any] = ()) -> list[RunRecord]:
     """Every planned arm x seed with its status and metrics (from the folders; ``results`` add errors)."""
-    from attnmel.sweep.run import ERROR_FILE, classification_done, read_metrics
+    from attnmel.sweep.run import ERROR_FILE, classification_done
+    from attnmel.train.rundir import read_metrics
 
     errors = {(r.arm, r.seed): r.error for r in results if getattr(r, "status", None) == "failed"}
     records = []

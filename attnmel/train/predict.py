@@ -36,7 +36,7 @@ def predict_images(run_dir: str | Path, images: list[Path], overlay_dir: Path | 
     """Probabilities per image (printed as a table); ``overlay_dir``: a PNG per image with its maps."""
     from attnmel.data.datamodule import AttnMelDataModule
     from attnmel.data.images import load_image
-    from attnmel.train.run import load_run
+    from attnmel.train.rundir import load_run
 
     run = load_run(run_dir)
     if run.cfg.get("task", "classification") != "classification":

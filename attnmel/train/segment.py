@@ -41,7 +41,7 @@ def _norm_stats(cfg: dict) -> tuple[list[float], list[float]]:
 
 
 def _load_segmentation_run(run_dir: str | Path):
-    from attnmel.train.run import load_run
+    from attnmel.train.rundir import load_run
 
     run = load_run(run_dir)
     if run.cfg.get("task") != "segmentation":
@@ -107,7 +107,7 @@ def evaluate_segmentation(run, split: str = "test") -> dict:
     from attnmel.data.images import load_image, load_mask
     from attnmel.data.readers import read_split
     from attnmel.metrics.segmentation import segmentation_metrics
-    from attnmel.train.run import update_metrics
+    from attnmel.train.rundir import update_metrics
 
     d = run.cfg["data"]
     index = read_split(d["dataset"], d["root"], split, labels_optional=True)

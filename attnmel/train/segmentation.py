@@ -142,7 +142,7 @@ class SegmentationModule(pl.LightningModule):
                                                 gamma=float(o.get("gamma", 0.1)))
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "epoch"}}
 
-    # -- checkpoint: plain data only (attnmel.train.run.load_run reads this section) -------------
+    # -- checkpoint: plain data only (attnmel.train.rundir.load_run reads this section) -------------
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         checkpoint["attnmel"] = {
             "format": CHECKPOINT_FORMAT,
