@@ -21,7 +21,10 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    except OSError as e:  # a read-only or full folder: name the file that could not be written
+        raise OSError(e.errno, e.strerror or str(e), str(path)) from e
     os.close(fd)
     tmp_path = Path(tmp)
     try:

@@ -35,6 +35,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
+from rich.markup import escape
+
 from attnmel import config as config_mod
 from attnmel.errors import AttnMelError, file_error
 from attnmel.io import write_json, write_text
@@ -271,7 +273,7 @@ def _progress_printer(console) -> Callable[[RunResult, int, int], None]:
 
     def show(r: RunResult, i: int, n: int) -> None:
         colour = colours.get(r.status, "white")
-        tail = f"  {r.error}" if r.error else ""
+        tail = f"  {escape(r.error)}" if r.error else ""
         console.print(f"[{i}/{n}] {r.arm:<16} seed {r.seed:<3} [{colour}]{r.status:<7}[/{colour}] "
                       f"{r.seconds:7.1f}s{tail}", markup=True, soft_wrap=True)
 
@@ -340,7 +342,7 @@ def run_sweep(sweep_file: str | Path, dataset: str | None = None, jobs: int | No
     write_sweep_record(sweep_dir, spec, overrides)
     console = console or _console()
     console.print(f"sweep {spec.name} on {spec.dataset}: {len(spec.arms)} arms x {len(spec.seeds)} seeds "
-                  f"= {len(plans)} runs in {sweep_dir}" + (f", {jobs} in parallel" if jobs > 1 else ""))
+                  f"= {len(plans)} runs in {escape(str(sweep_dir))}" + (f", {jobs} in parallel" if jobs > 1 else ""))
     start = time.perf_counter()
     if spec.dataset == "synthetic":
         # Generate the shared synthetic set once, up front, so parallel runs never race to write it.
@@ -351,9 +353,10 @@ def run_sweep(sweep_file: str | Path, dataset: str | None = None, jobs: int | No
     paths = write_summary(sweep_dir, spec, results)
     failed = [r for r in results if r.status == "failed"]
     console.print(f"sweep {spec.name}: {len(results) - len(failed)}/{len(results)} runs finished in "
-                  f"{time.perf_counter() - start:.0f}s; summary: {paths['md']}")
+                  f"{time.perf_counter() - start:.0f}s; summary: {escape(str(paths['md']))}")
     for r in failed:
-        console.print(f"  failed: {r.arm} seed {r.seed}: {r.error} (see {Path(r.run_dir) / ERROR_FILE})", soft_wrap=True)
+        console.print(escape(f"  failed: {r.arm} seed {r.seed}: {r.error} (see {Path(r.run_dir) / ERROR_FILE})"),
+                      soft_wrap=True)
     return 1 if failed else 0
 
 

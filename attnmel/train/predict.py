@@ -76,6 +76,7 @@ def predict_images(run_dir: str | Path, images: list[Path], overlay_dir: Path | 
 
 def _print_rows(rows: list[dict], class_names: list[str]) -> None:
     from rich.console import Console
+    from rich.markup import escape
     from rich.table import Table
 
     table = Table(title="predictions")
@@ -84,7 +85,7 @@ def _print_rows(rows: list[dict], class_names: list[str]) -> None:
         table.add_column(c, justify="right")
     table.add_column("predicted")
     for r in rows:
-        table.add_row(Path(r["image"]).name, *(f"{r[c]:.4f}" for c in class_names), r["predicted"])
+        table.add_row(escape(Path(r["image"]).name), *(f"{r[c]:.4f}" for c in class_names), r["predicted"])
     Console().print(table)
 
 

@@ -99,6 +99,11 @@ def _checkpoint_callback(**kwargs: Any):
     from pytorch_lightning.callbacks import ModelCheckpoint
 
     class RunCheckpoint(ModelCheckpoint):
+        @property
+        def state_key(self) -> str:
+            # ModelCheckpoint's key holds the class name: keep it, so runs saved before still restore.
+            return super().state_key.replace(type(self).__qualname__, ModelCheckpoint.__qualname__, 1)
+
         def load_state_dict(self, state_dict: dict[str, Any]) -> None:
             saved_dir = state_dict.get("dirpath", self.dirpath)
             super().load_state_dict({**state_dict, "dirpath": self.dirpath})
