@@ -479,8 +479,6 @@ def test_evaluate_on_a_read_only_run_folder_is_one_line(run1, tmpfs, tmp_path, c
 
 @pytest.mark.slow
 def test_checkpoints_survive_a_full_disk(synthetic_root, tmpfs, tmp_path, capsys):
-    from attnmel.train.rundir import read_checkpoint
-
     # Size the filesystem from a real checkpoint: room for best + last + a little, not for a third copy.
     probe = tmp_path / "probe"
     from attnmel.train.run import train
@@ -493,7 +491,37 @@ def test_checkpoints_survive_a_full_disk(synthetic_root, tmpfs, tmp_path, capsys
     assert code == 2
     err = capsys.readouterr().err
     assert "No space left on device" in err or "no space" in err.lower()
-    ckpt = read_checkpoint(disk / "r" / "checkpoints" / "last.ckpt")  # whole, loadable
+    ckpt = torch.load(disk / "r" / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)  # whole
     assert ckpt["epoch"] == 0
     assert not [p for p in (disk / "r" / "checkpoints").iterdir() if p.name.startswith(".")]  # no temp left
     json.dumps(ckpt["attnmel"]["config"])  # plain data
+
+
+def _fill(folder: Path) -> None:
+    """Use up a filesystem's free space."""
+    with open(folder / "filler", "wb") as fh:
+        try:
+            while True:
+                fh.write(b"\0" * 65536)
+                fh.flush()
+        except OSError:
+            pass
+
+
+def test_evaluate_on_a_full_disk_is_one_line_and_keeps_metrics(run1, tmpfs, tmp_path, capsys):
+    disk = tmpfs("full", "16m")
+    run = copy_run(run1, disk / "run")
+    (run / "metrics.json").write_text('{"earlier": 1}')
+    _fill(disk)
+    assert cli_main(["evaluate", str(run)]) == 2
+    err = one_line_error(capsys)
+    assert str(run) in err and "No space left on device" in err
+    assert json.loads((run / "metrics.json").read_text()) == {"earlier": 1}
+
+
+def test_train_into_a_read_only_out_dir_is_one_line(synthetic_root, tmpfs, capsys):
+    ro = tmpfs("ro_out", "1m", "ro")
+    assert cli_main(["train", "--config", str(EXPERIMENTS / "synthetic.yaml"),
+                     *tiny_overrides(synthetic_root, ro, "r")]) == 2
+    err = one_line_error(capsys)
+    assert str(ro / "r") in err and "Read-only file system" in err
