@@ -189,17 +189,16 @@ def dispatch(args: argparse.Namespace) -> int | None:
     raise AttnMelError(f"unknown command {args.cmd}")
 
 
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".tif", ".tiff", ".bmp")
-
-
 def _expand_images(paths: list[Path]) -> list[Path]:
-    """A folder stands for the images in it (sorted, not recursive)."""
+    """A folder stands for the images in it (sorted, not recursive; masks and superpixel maps left out)."""
+    from attnmel.data.readers._common import IMAGE_EXTS, list_images
+
     out: list[Path] = []
     for p in paths:
         if p.is_dir():
-            found = sorted(q for q in p.iterdir() if q.suffix.lower() in IMAGE_SUFFIXES and not q.name.startswith("."))
+            found = sorted(list_images(p).values())
             if not found:
-                raise AttnMelError(f"{p}: folder holds no images ({', '.join(IMAGE_SUFFIXES)})")
+                raise AttnMelError(f"{p}: folder holds no images ({', '.join(sorted(IMAGE_EXTS))})")
             out += found
         else:
             out.append(p)

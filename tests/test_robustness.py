@@ -380,11 +380,14 @@ def test_data_synth_over_an_existing_set_needs_force(tmp_path, capsys):
 def test_predict_on_a_folder_predicts_its_images(run1, synthetic_root, tmp_path, capsys):
     folder = tmp_path / "imgs"
     folder.mkdir()
-    for p in sorted((synthetic_root / "ISIC-2017_Test_v2_Data").glob("ISIC_*[0-9].jpg"))[:2]:
+    images = sorted((synthetic_root / "ISIC-2017_Test_v2_Data").glob("ISIC_*[0-9].jpg"))[:2]
+    for p in images:
         shutil.copy(p, folder / p.name)
+    sp = next((synthetic_root / "ISIC-2017_Test_v2_Data").glob("*_superpixels.png"))
+    shutil.copy(sp, folder / sp.name)  # not an image to classify
     assert cli_main(["predict", str(run1), str(folder)]) == 0
     out = capsys.readouterr().out
-    assert all(p.name in out or p.stem in out for p in folder.iterdir())
+    assert all(p.name in out or p.stem in out for p in images) and "superpixels" not in out
 
 
 def test_read_commands_apply_allowed_config_yaml_edits_and_warn_about_others(run1, synthetic_root, tmp_path, caplog):
@@ -477,24 +480,33 @@ def test_evaluate_on_a_read_only_run_folder_is_one_line(run1, tmpfs, tmp_path, c
     assert str(run) in err and "Read-only file system" in err
 
 
-@pytest.mark.slow
-def test_checkpoints_survive_a_full_disk(synthetic_root, tmpfs, tmp_path, capsys):
-    # Size the filesystem from a real checkpoint: room for best + last + a little, not for a third copy.
-    probe = tmp_path / "probe"
-    from attnmel.train.run import train
+def _load_all_checkpoints(folder: Path) -> dict[str, dict]:
+    """Every checkpoint in ``folder`` loads whole (a truncated one raises); no temporary file is left."""
+    assert not [p.name for p in folder.iterdir() if p.name.startswith(".")], "temporary file left behind"
+    return {p.name: torch.load(p, map_location="cpu", weights_only=True) for p in folder.glob("*.ckpt")}
 
-    train(tiny_cfg(synthetic_root, probe, "p", f"data.cache_dir={tmp_path / 'cache'}"), evaluate_after=False)
-    size = (probe / "p" / "checkpoints" / "last.ckpt").stat().st_size
-    disk = tmpfs("disk", f"{int(size * 2.5) // 1024}k")
-    args = tiny_overrides(synthetic_root, disk, "r", "trainer.max_epochs=3", f"data.cache_dir={tmp_path / 'cache'}")
-    code = cli_main(["train", "--config", str(EXPERIMENTS / "synthetic.yaml"), *args])
-    assert code == 2
-    err = capsys.readouterr().err
-    assert "No space left on device" in err or "no space" in err.lower()
-    ckpt = torch.load(disk / "r" / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)  # whole
-    assert ckpt["epoch"] == 0
-    assert not [p for p in (disk / "r" / "checkpoints").iterdir() if p.name.startswith(".")]  # no temp left
-    json.dumps(ckpt["attnmel"]["config"])  # plain data
+
+def _disk_bytes(folder: Path) -> int:
+    return sum(-(-p.stat().st_size // 4096) * 4096 for p in folder.rglob("*") if p.is_file())
+
+
+@pytest.mark.slow
+def test_checkpoints_survive_a_full_disk(run1, synthetic_root, tmpfs, tmp_path, capsys):
+    size = (run1 / "checkpoints" / "last.ckpt").stat().st_size
+    cache = f"data.cache_dir={tmp_path / 'cache'}"
+    # A fresh run on a disk with room for one checkpoint and a half: the second write fails cleanly.
+    disk = tmpfs("disk", f"{int(size * 1.5) // 1024 + 64}k")
+    code = cli_main(["train", "--config", str(EXPERIMENTS / "synthetic.yaml"),
+                     *tiny_overrides(synthetic_root, disk, "r", cache)])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and "\n" not in err and "no space left on device" in err.lower()
+    _load_all_checkpoints(disk / "r" / "checkpoints")  # no truncated checkpoint
+    # A run whose disk fills up later: the failed save keeps the previous last.ckpt, which still resumes.
+    full = tmpfs("full", f"{(_disk_bytes(run1) + size // 2) // 1024}k")
+    run = copy_run(run1, full / "run")
+    assert cli_main(["train", "--resume", str(run), "trainer.max_epochs=2", cache]) == 2
+    assert "no space left on device" in capsys.readouterr().err.lower()
+    assert _load_all_checkpoints(run / "checkpoints")["last.ckpt"]["epoch"] == 0
 
 
 def _fill(folder: Path) -> None:

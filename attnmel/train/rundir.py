@@ -17,14 +17,14 @@ import logging
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable, Iterator
-
-import torch
-from torch import nn
+from typing import TYPE_CHECKING, Any, Iterable, Iterator
 
 from attnmel import config as config_mod
 from attnmel.errors import AttnMelError, file_error
 from attnmel.io import write_json
+
+if TYPE_CHECKING:  # torch is imported where a checkpoint is read: metrics readers (report index) stay light
+    from torch import nn
 
 log = logging.getLogger("attnmel.train")
 
@@ -39,7 +39,7 @@ class LoadedRun:
 
     run_dir: Path
     cfg: dict
-    model: nn.Module
+    model: "nn.Module"
     class_names: list[str]
     melanoma_index: int
     checkpoint: Path
@@ -144,6 +144,8 @@ def resume_config(run_dir: str | Path, overrides: Iterable[str] = ()) -> dict:
 # -- checkpoints -------------------------------------------------------------------------------
 def read_checkpoint(path: Path) -> dict:
     """Load a checkpoint safely (``weights_only=True``), with one-line errors."""
+    import torch
+
     path = Path(path)
     if not path.is_file():
         raise file_error(path, "checkpoint not found")
