@@ -48,12 +48,31 @@ def one_line_error(capsys) -> str:
 
 
 @pytest.fixture(scope="module")
-def run1(synthetic_root, tmp_path_factory) -> Path:
-    """One trained epoch (read-only: tests copy it before changing anything)."""
+def trained_run(synthetic_root, tmp_path_factory) -> Path:
+    """One trained epoch (read-only: tests copy it before changing anything); for the slow tests."""
     from attnmel.train.run import train
 
     out = tmp_path_factory.mktemp("robust_runs")
     return train(tiny_cfg(synthetic_root, out, "one"), evaluate_after=False)
+
+
+@pytest.fixture(scope="module")
+def made_run(synthetic_root, tmp_path_factory) -> Path:
+    """A run folder in the real format without training (untrained weights): fast, for the refusals and the
+    read-only commands. Read-only: tests copy it before changing anything."""
+    from attnmel.train.module import ClassificationModule
+
+    out = tmp_path_factory.mktemp("robust_made")
+    cfg = tiny_cfg(synthetic_root, out, "made")
+    run = out / "made"
+    (run / "checkpoints").mkdir(parents=True)
+    (run / "config.yaml").write_text(config_mod.dump(cfg))
+    module = ClassificationModule(cfg, ["other", "melanoma"], 1)
+    ckpt = {"state_dict": module.state_dict(), "epoch": 0, "global_step": 2}
+    module.on_save_checkpoint(ckpt)
+    for name in ("best.ckpt", "last.ckpt"):
+        torch.save(ckpt, run / "checkpoints" / name)
+    return run
 
 
 def copy_run(run: Path, dest: Path) -> Path:
@@ -106,11 +125,11 @@ def test_out_dir_that_is_a_file_is_one_line(synthetic_root, tmp_path, capsys):
     assert str(blocker) in err
 
 
-def test_overlay_pointing_at_a_file_is_one_line(run1, synthetic_root, tmp_path, capsys):
+def test_overlay_pointing_at_a_file_is_one_line(made_run, synthetic_root, tmp_path, capsys):
     image = sorted((synthetic_root / "ISIC-2017_Test_v2_Data").glob("ISIC_*[0-9].jpg"))[0]
     blocker = tmp_path / "overlay.png"
     blocker.write_text("x")
-    assert cli_main(["predict", str(run1), str(image), "--overlay", str(blocker)]) == 2
+    assert cli_main(["predict", str(made_run), str(image), "--overlay", str(blocker)]) == 2
     assert str(blocker) in one_line_error(capsys)
 
 
@@ -122,22 +141,22 @@ def test_os_error_message_names_the_path():
 
 
 # -- 4. resume -----------------------------------------------------------------------------------
-def test_resume_refuses_a_key_it_cannot_change(run1, tmp_path, capsys):
-    run = copy_run(run1, tmp_path / "r")
+def test_resume_refuses_a_key_it_cannot_change(made_run, tmp_path, capsys):
+    run = copy_run(made_run, tmp_path / "r")
     assert cli_main(["train", "--resume", str(run), "trainer.max_epochs=2", "optim.lr=0.5"]) == 2
     err = one_line_error(capsys)
     assert "optim.lr cannot change when resuming" in err and "trainer.max_epochs" in err
     assert torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)["epoch"] == 0  # nothing trained
 
 
-def test_resume_checks_values_too(run1, tmp_path, capsys):
-    run = copy_run(run1, tmp_path / "r")
+def test_resume_checks_values_too(made_run, tmp_path, capsys):
+    run = copy_run(made_run, tmp_path / "r")
     assert cli_main(["train", "--resume", str(run), "trainer.max_epochs=abc"]) == 2
     assert "trainer.max_epochs must be an integer" in one_line_error(capsys)
 
 
-def test_resume_after_config_yaml_was_edited_to_another_architecture(run1, tmp_path, capsys):
-    run = copy_run(run1, tmp_path / "r")
+def test_resume_after_config_yaml_was_edited_to_another_architecture(made_run, tmp_path, capsys):
+    run = copy_run(made_run, tmp_path / "r")
     cfg = config_mod.read_yaml(run / "config.yaml")
     cfg["model"]["name"] = "vgg16"
     (run / "config.yaml").write_text(config_mod.dump(cfg))
@@ -146,23 +165,24 @@ def test_resume_after_config_yaml_was_edited_to_another_architecture(run1, tmp_p
     assert "config.yaml: model.name cannot change when resuming" in err and "'attnmel'" in err
 
 
-def test_config_with_resume_is_refused(run1, tmp_path, capsys):
-    run = copy_run(run1, tmp_path / "r")
+def test_config_with_resume_is_refused(made_run, tmp_path, capsys):
+    run = copy_run(made_run, tmp_path / "r")
     assert cli_main(["train", "--config", str(EXPERIMENTS / "synthetic.yaml"), "--resume", str(run)]) == 2
     assert "--config and --resume do not combine" in one_line_error(capsys)
 
 
-def test_resume_from_a_last_ckpt_that_is_not_plain_data(run1, tmp_path, capsys):
+def test_resume_from_a_last_ckpt_that_is_not_plain_data(made_run, tmp_path, capsys):
     import argparse
 
-    run = copy_run(run1, tmp_path / "r")
+    run = copy_run(made_run, tmp_path / "r")
     torch.save({"state_dict": {}, "attnmel": argparse.Namespace(x=1)}, run / "checkpoints" / "last.ckpt")
     assert cli_main(["train", "--resume", str(run), "trainer.max_epochs=2"]) == 2
     assert "last.ckpt: not a readable AttnMel checkpoint" in one_line_error(capsys)
 
 
-def test_resume_of_a_moved_run_keeps_its_best_score_and_appends_the_csv_log(run1, tmp_path):
-    moved = copy_run(run1, tmp_path / "elsewhere" / "moved")
+@pytest.mark.slow
+def test_resume_of_a_moved_run_keeps_its_best_score_and_appends_the_csv_log(trained_run, tmp_path):
+    moved = copy_run(trained_run, tmp_path / "elsewhere" / "moved")
     last = moved / "checkpoints" / "last.ckpt"
     ckpt = torch.load(last, weights_only=True)
     # Epoch 0 scored better than any AUC can (as if a later epoch were worse): best.ckpt must stay epoch 0.
@@ -177,30 +197,43 @@ def test_resume_of_a_moved_run_keeps_its_best_score_and_appends_the_csv_log(run1
 
 
 # -- 5. Ctrl-C -----------------------------------------------------------------------------------
-def test_ctrl_c_exits_130_with_a_message_and_a_resumable_checkpoint(synthetic_root, tmp_path, capsys, monkeypatch):
+def _train_interrupted_at(epoch: int, root: Path, out: Path, monkeypatch) -> int:
+    import signal
+
     from attnmel.train import module as module_mod
-    from attnmel.train.rundir import read_checkpoint
 
     original = module_mod.ClassificationModule.training_step
 
     def interrupted(self, batch, batch_idx):
-        if self.current_epoch == 1:
-            raise KeyboardInterrupt
+        if self.current_epoch == epoch:
+            raise KeyboardInterrupt  # what Ctrl-C raises in the main thread
         return original(self, batch, batch_idx)
 
     monkeypatch.setattr(module_mod.ClassificationModule, "training_step", interrupted)
-    import signal
-
     handler = signal.getsignal(signal.SIGINT)
     try:
-        code = cli_main(["train", "--config", str(EXPERIMENTS / "synthetic.yaml"),
-                         *tiny_overrides(synthetic_root, tmp_path, "c", "trainer.max_epochs=3")])
+        return cli_main(["train", "--config", str(EXPERIMENTS / "synthetic.yaml"),
+                         *tiny_overrides(root, out, "c", "trainer.max_epochs=3")])
     finally:
         signal.signal(signal.SIGINT, handler)
-    assert code == 130
+
+
+def test_ctrl_c_exits_130_with_a_message(synthetic_root, tmp_path, capsys, monkeypatch):
+    assert _train_interrupted_at(0, synthetic_root, tmp_path, monkeypatch) == 130
     err = capsys.readouterr().err
-    assert "interrupted" in err and f"--resume {tmp_path / 'c'}" in err
+    assert "attnmel: interrupted: " in err and "before the first epoch finished" in err
+
+
+@pytest.mark.slow
+def test_ctrl_c_after_an_epoch_leaves_a_resumable_checkpoint(synthetic_root, tmp_path, capsys, monkeypatch):
+    from attnmel.train.rundir import read_checkpoint
+
+    assert _train_interrupted_at(1, synthetic_root, tmp_path, monkeypatch) == 130
+    assert f"--resume {tmp_path / 'c'}" in capsys.readouterr().err
     assert read_checkpoint(tmp_path / "c" / "checkpoints" / "last.ckpt")["epoch"] == 0
+    monkeypatch.undo()
+    assert cli_main(["train", "--resume", str(tmp_path / "c"), "trainer.max_epochs=2"]) == 0
+    assert read_checkpoint(tmp_path / "c" / "checkpoints" / "last.ckpt")["epoch"] == 1
 
 
 # -- 6. two processes, one run folder -------------------------------------------------------------
@@ -377,7 +410,7 @@ def test_data_synth_over_an_existing_set_needs_force(tmp_path, capsys):
 
 
 # -- minor ---------------------------------------------------------------------------------------
-def test_predict_on_a_folder_predicts_its_images(run1, synthetic_root, tmp_path, capsys):
+def test_predict_on_a_folder_predicts_its_images(made_run, synthetic_root, tmp_path, capsys):
     folder = tmp_path / "imgs"
     folder.mkdir()
     images = sorted((synthetic_root / "ISIC-2017_Test_v2_Data").glob("ISIC_*[0-9].jpg"))[:2]
@@ -385,15 +418,15 @@ def test_predict_on_a_folder_predicts_its_images(run1, synthetic_root, tmp_path,
         shutil.copy(p, folder / p.name)
     sp = next((synthetic_root / "ISIC-2017_Test_v2_Data").glob("*_superpixels.png"))
     shutil.copy(sp, folder / sp.name)  # not an image to classify
-    assert cli_main(["predict", str(run1), str(folder)]) == 0
+    assert cli_main(["predict", str(made_run), str(folder)]) == 0
     out = capsys.readouterr().out
     assert all(p.name in out or p.stem in out for p in images) and "superpixels" not in out
 
 
-def test_read_commands_apply_allowed_config_yaml_edits_and_warn_about_others(run1, synthetic_root, tmp_path, caplog):
+def test_read_commands_apply_allowed_config_yaml_edits_and_warn_about_others(made_run, synthetic_root, tmp_path, caplog):
     from attnmel.train.rundir import load_run
 
-    run = copy_run(run1, tmp_path / "r")
+    run = copy_run(made_run, tmp_path / "r")
     # The checkpoint's data root no longer exists (the data moved); config.yaml says where it is now.
     best = run / "checkpoints" / "best.ckpt"
     ckpt = torch.load(best, weights_only=True)
@@ -471,9 +504,10 @@ def test_read_only_cache_dir_is_one_line(tmpfs, tmp_path):
                      progress=False)
 
 
-def test_evaluate_on_a_read_only_run_folder_is_one_line(run1, tmpfs, tmp_path, capsys):
+@pytest.mark.slow
+def test_evaluate_on_a_read_only_run_folder_is_one_line(made_run, tmpfs, tmp_path, capsys):
     ro = tmpfs("ro_run", "16m")
-    run = copy_run(run1, ro / "run")
+    run = copy_run(made_run, ro / "run")
     subprocess.run(["mount", "-o", "remount,ro", str(ro)], check=True)
     assert cli_main(["evaluate", str(run)]) == 2
     err = one_line_error(capsys)
@@ -491,8 +525,8 @@ def _disk_bytes(folder: Path) -> int:
 
 
 @pytest.mark.slow
-def test_checkpoints_survive_a_full_disk(run1, synthetic_root, tmpfs, tmp_path, capsys):
-    size = (run1 / "checkpoints" / "last.ckpt").stat().st_size
+def test_checkpoints_survive_a_full_disk(trained_run, synthetic_root, tmpfs, tmp_path, capsys):
+    size = (trained_run / "checkpoints" / "last.ckpt").stat().st_size
     cache = f"data.cache_dir={tmp_path / 'cache'}"
     # A fresh run on a disk with room for one checkpoint and a half: the second write fails cleanly.
     disk = tmpfs("disk", f"{int(size * 1.5) // 1024 + 64}k")
@@ -502,8 +536,8 @@ def test_checkpoints_survive_a_full_disk(run1, synthetic_root, tmpfs, tmp_path, 
     assert code == 2 and "\n" not in err and "no space left on device" in err.lower()
     _load_all_checkpoints(disk / "r" / "checkpoints")  # no truncated checkpoint
     # A run whose disk fills up later: the failed save keeps the previous last.ckpt, which still resumes.
-    full = tmpfs("full", f"{(_disk_bytes(run1) + size // 2) // 1024}k")
-    run = copy_run(run1, full / "run")
+    full = tmpfs("full", f"{(_disk_bytes(trained_run) + size // 2) // 1024}k")
+    run = copy_run(trained_run, full / "run")
     assert cli_main(["train", "--resume", str(run), "trainer.max_epochs=2", cache]) == 2
     assert "no space left on device" in capsys.readouterr().err.lower()
     assert _load_all_checkpoints(run / "checkpoints")["last.ckpt"]["epoch"] == 0
@@ -520,9 +554,10 @@ def _fill(folder: Path) -> None:
             pass
 
 
-def test_evaluate_on_a_full_disk_is_one_line_and_keeps_metrics(run1, tmpfs, tmp_path, capsys):
+@pytest.mark.slow
+def test_evaluate_on_a_full_disk_is_one_line_and_keeps_metrics(made_run, tmpfs, tmp_path, capsys):
     disk = tmpfs("full", "16m")
-    run = copy_run(run1, disk / "run")
+    run = copy_run(made_run, disk / "run")
     (run / "metrics.json").write_text('{"earlier": 1}')
     _fill(disk)
     assert cli_main(["evaluate", str(run)]) == 2

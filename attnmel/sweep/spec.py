@@ -39,6 +39,7 @@ from typing import Any, Iterable
 
 from attnmel import config as config_mod
 from attnmel.errors import file_error
+from attnmel.train.rundir import run_dir_of
 
 TOP_KEYS = ("name", "description", "base", "default_dataset", "overrides", "seeds", "jobs", "datasets", "baseline",
             "paper_numbers", "arms")
@@ -96,13 +97,10 @@ class RunPlan:
 
     @property
     def run_dir(self) -> Path:
-        return Path(self.cfg["out_dir"]) / str(self.cfg["name"])
+        return run_dir_of(self.cfg)
 
 
-# -- helpers ---------------------------------------------------------------------------------------
-expand_dotted = config_mod.expand_dotted  # one config engine: dotted keys and merging live in attnmel.config
-
-
+# -- helpers (dotted keys and merging are attnmel.config's: one config engine) -----------------------
 def _check_keys(path: Path, where: str, data: dict[str, Any], known: Iterable[str]) -> None:
     known = tuple(known)
     for key in data:
@@ -120,7 +118,7 @@ def _mapping(path: Path, where: str, value: Any) -> dict[str, Any]:
 
 def _overrides(path: Path, where: str, value: Any, schema: dict[str, Any]) -> dict[str, Any]:
     """Expand and check one override mapping against the config schema (unknown key -> one line)."""
-    nested = expand_dotted(_mapping(path, where, value))
+    nested = config_mod.expand_dotted(_mapping(path, where, value))
     config_mod.merge(schema, nested, source=f"{path}: {where}")
     return nested
 

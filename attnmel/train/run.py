@@ -127,10 +127,10 @@ def _csv_logger(run_dir: Path, resume_epoch: int | None):
     """
     import csv
 
-    from lightning_fabric.loggers.csv_logs import _ExperimentWriter
     from pytorch_lightning.loggers import CSVLogger
+    from pytorch_lightning.loggers.csv_logs import ExperimentWriter
 
-    class AppendingWriter(_ExperimentWriter):
+    class AppendingWriter(ExperimentWriter):
         def _check_log_dir_exists(self) -> None:
             path = Path(self.metrics_file_path)
             if not path.is_file():
