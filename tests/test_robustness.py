@@ -100,6 +100,14 @@ def test_every_config_value_is_type_and_range_checked(override, key):
     assert msg.startswith(f"config: {key} must be ") and "\n" not in msg
 
 
+def test_every_key_of_defaults_yaml_has_a_check():
+    # A key added to defaults.yaml without a type/range check would slip through validation unchecked.
+    defaults = config_mod.defaults()
+    free_form = {k for k in config_mod.leaf_keys(defaults) if config_mod.get(defaults, k) == {}}
+    assert set(config_mod.CHECKS) == set(config_mod.leaf_keys(defaults)) - free_form
+    config_mod.validate(config_mod.load_config(None))  # and the defaults pass their own checks
+
+
 def test_a_number_yaml_reads_as_a_string_is_accepted():
     cfg = config_mod.load_config(EXPERIMENTS / "synthetic.yaml", ["optim.lr=1e-3"])
     assert cfg["optim"]["lr"] == pytest.approx(0.001)
