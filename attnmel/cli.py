@@ -22,6 +22,8 @@ def _add_data(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--spurious", action="store_true",
                    help="plant an artefact outside the lesion that tracks the label in train only")
+    s.add_argument("--force", action="store_true",
+                   help="replace a synthetic dataset already in --out (runs trained on it point there)")
     c = dsub.add_parser("check", help="verify a download: images, labels and masks per split and class")
     c.add_argument("--dataset", required=True)
     c.add_argument("--root", required=True, type=Path)
@@ -82,8 +84,28 @@ def _split_run_dir(out: Path) -> list[str]:
     return [f"out_dir={out.parent}", f"name={out.name}"]
 
 
+# Subcommands whose positional ``overrides`` may come after options (`sweep FILE --dataset d key=value`).
+TAKES_OVERRIDES = ("train", "sweep", "demo")
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """Parse the command line; ``key=value`` overrides may stand anywhere after the subcommand.
+
+    argparse stops filling a ``nargs="*"`` positional at the first option, and ``parse_intermixed_args``
+    does not support subparsers, so leftover ``key=value`` words are collected here instead.
+    """
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    if extra:
+        if getattr(args, "cmd", None) in TAKES_OVERRIDES and all("=" in x and not x.startswith("-") for x in extra):
+            args.overrides = [*args.overrides, *extra]
+        else:
+            parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    return args
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    args = parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING,
                         format="attnmel: %(levelname)s: %(message)s")
     logging.getLogger("attnmel").setLevel(logging.DEBUG if args.verbose else logging.INFO)
@@ -94,10 +116,22 @@ def main(argv: list[str] | None = None) -> int:
             raise
         print(f"attnmel: error: {e}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print("attnmel: interrupted (finished outputs are kept; `attnmel train --resume RUN_DIR` continues a run)",
-              file=sys.stderr)
+    except OSError as e:  # a full disk, a read-only folder, a file where a folder should be
+        if args.verbose:
+            raise
+        print(f"attnmel: error: {os_error_message(e)}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt as e:
+        detail = str(e) or "finished outputs are kept; `attnmel train --resume RUN_DIR` continues a run"
+        print(f"attnmel: interrupted: {detail}", file=sys.stderr)
         return 130
+
+
+def os_error_message(e: OSError) -> str:
+    """``<path>: <strerror>`` (both paths of a failed rename; the bare reason when no path is known)."""
+    reason = e.strerror or str(e) or e.__class__.__name__
+    paths = [str(p) for p in (e.filename, e.filename2) if p is not None]
+    return f"{' -> '.join(paths)}: {reason}" if paths else reason
 
 
 def dispatch(args: argparse.Namespace) -> int | None:
@@ -109,14 +143,15 @@ def dispatch(args: argparse.Namespace) -> int | None:
         from attnmel.train.run import train
 
         if args.resume:
-            cfg = config_mod.read_yaml(args.resume / "config.yaml") if (args.resume / "config.yaml").is_file() else None
-            if cfg is None:
+            from attnmel.train.rundir import resume_config
+
+            if args.config is not None:
+                raise AttnMelError("train: --config and --resume do not combine: a resumed run keeps its own config "
+                                   f"({args.resume / 'config.yaml'}); give key=value for the keys that may change")
+            if not (args.resume / "config.yaml").is_file():
                 raise AttnMelError(f"{args.resume}: not a run folder (no config.yaml)")
-            cfg = config_mod.merge(cfg, config_mod.parse_overrides(args.overrides), schema=config_mod.defaults(),
-                                   source="command line")
             # The folder the user named, wherever it has been moved since it was made.
-            cfg.update(out_dir=str(args.resume.parent), name=args.resume.name)
-            out = train(cfg, resume=True)
+            out = train(resume_config(args.resume, args.overrides), resume=True)
         else:
             if args.config is None:
                 raise AttnMelError("train: give --config experiments/<dataset>.yaml (or --resume RUN_DIR)")
@@ -132,7 +167,7 @@ def dispatch(args: argparse.Namespace) -> int | None:
     if args.cmd == "predict":
         from attnmel.train.predict import predict_images
 
-        predict_images(args.run_dir, args.images, overlay_dir=args.overlay)
+        predict_images(args.run_dir, _expand_images(args.images), overlay_dir=args.overlay)
         return 0
     if args.cmd == "report":
         from attnmel.report.build import build_report
@@ -146,7 +181,7 @@ def dispatch(args: argparse.Namespace) -> int | None:
         return run_sweep(args.sweep_file, dataset=args.dataset, jobs=args.jobs, out_root=args.out,
                          overrides=args.overrides)
     if args.cmd == "segment":
-        from attnmel.train.run import load_run
+        from attnmel.train.rundir import load_run
         from attnmel.train.segment import segment_images
 
         segment_images(load_run(args.run_dir), args.images, args.out)
@@ -156,10 +191,29 @@ def dispatch(args: argparse.Namespace) -> int | None:
     raise AttnMelError(f"unknown command {args.cmd}")
 
 
+def _expand_images(paths: list[Path]) -> list[Path]:
+    """A folder stands for the images in it (sorted, not recursive; masks and superpixel maps left out)."""
+    from attnmel.data.readers._common import IMAGE_EXTS, list_images
+
+    out: list[Path] = []
+    for p in paths:
+        if p.is_dir():
+            found = sorted(list_images(p).values())
+            if not found:
+                raise AttnMelError(f"{p}: folder holds no images ({', '.join(sorted(IMAGE_EXTS))})")
+            out += found
+        else:
+            out.append(p)
+    return out
+
+
 def _data(args: argparse.Namespace) -> int:
     if args.data_cmd == "synth":
-        from attnmel.data.synthetic import generate
+        from attnmel.data.synthetic import MARKER, generate
 
+        if (args.out / MARKER).is_file() and not args.force:
+            raise AttnMelError(f"{args.out}: already holds a synthetic dataset (runs may point at it); "
+                               "pass --force to replace it, or choose another --out")
         out = generate(args.out, n=args.n, size=args.size, seed=args.seed, spurious=args.spurious)
         print(f"synthetic dataset written to {out}")
         return 0

@@ -90,7 +90,7 @@ def run(out_json: Path, limit: int | None = None, integrated_gradients: bool = F
     t_generate = time.perf_counter() - t0
     with tempfile.TemporaryDirectory(prefix="attnmel-bench-report-") as tmp:
         run_dir = make_untrained_run(Path(tmp) / "runs" / "untrained", data_root, cache_dir=cache)
-        from attnmel.train.run import load_run
+        from attnmel.train.rundir import load_run
 
         t0 = time.perf_counter()
         dm = AttnMelDataModule(load_run(run_dir).cfg, progress=False)

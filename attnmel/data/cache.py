@@ -9,12 +9,14 @@ writes ``images.npy`` (N, R, R, 3), ``masks.npy`` / ``dermo.npy`` (N, R, R) into
 The folder name carries a hash of the dataset, split, base spec and every source file's path, size and
 mtime: editing, replacing or touching any image or mask gives a new key, so the old cache is never used
 again (and is deleted once its replacement is complete). Builds go to a hidden temporary folder that is
-renamed into place only when complete, under a file lock, so a crash or a concurrent run never leaves a
-half-written cache that is later trusted.
+renamed into place only when complete, under a file lock (``filelock``), so a crash or a concurrent run
+never leaves a half-written cache that is later trusted. The files' blocks are reserved before the build
+(``posix_fallocate``), so a full disk is a one-line error naming the folder, not a SIGBUS.
 """
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import logging
@@ -33,7 +35,7 @@ from typing import Callable, Iterable, Iterator, Sequence, TypeVar
 
 import numpy as np
 
-from attnmel.data.images import image_size, load_dermo_mask, load_image, load_mask
+from attnmel.data.images import image_size, load_dermo_mask, load_image, load_lesion_mask, load_mask
 from attnmel.data.samples import Sample
 from attnmel.data.transforms import BaseSpec, base_preprocess, crop_box, draft_min_side
 from attnmel.errors import AttnMelError, file_error
@@ -114,7 +116,7 @@ def resolve_sources(samples: Sequence[Sample], masks_dir: str | Path | None = No
 
 def _load_any_mask(path: Path, predicted: bool, W: int, H: int) -> np.ndarray:
     if not predicted:
-        return load_mask(path, expected_hw=(H, W))
+        return load_lesion_mask(path, expected_hw=(H, W))
     m = load_mask(path)
     # A segmenter may write masks at its own resolution; the base step maps them by relative position,
     # which is only right when the aspect ratio is the image's.
@@ -131,6 +133,8 @@ def load_preprocessed(src: SourceFiles, spec: BaseSpec) -> Arrays:
     This is both what the cache stores and what an uncached dataset computes per item.
     """
     W, H = image_size(src.image)
+    if min(W, H) * SMALL_FACTOR < spec.resize:
+        _warn_small(src.image, W, H, spec.resize)
     mask = _load_any_mask(src.mask, src.mask_predicted, W, H) if src.mask is not None else None
     if src.crop_mask is None:
         crop = None
@@ -143,6 +147,22 @@ def load_preprocessed(src: SourceFiles, spec: BaseSpec) -> Arrays:
     image = load_image(src.image, draft_min_side=draft_min_side(W, H, box, spec.resize))
     return base_preprocess(image, (W, H), spec, mask=mask, dermo=dermo,
                            crop_mask=crop if spec.crop_to_mask else None)
+
+
+SMALL_FACTOR = 4  # an image whose short side is under resize / 4 is upsampled more than 4x: almost surely wrong
+_small_warned: set[Path] = set()
+
+
+def _warn_small(path: Path, W: int, H: int, resize: int) -> None:
+    """Warn (a few files by name, then once for the rest) about images far below the training size."""
+    if path in _small_warned:
+        return
+    _small_warned.add(path)
+    if len(_small_warned) <= 3:
+        log.warning("%s: image is %dx%d px, far below data.resize=%d: it is upsampled %.0fx", path, W, H, resize,
+                    resize / min(W, H))
+    elif len(_small_warned) == 4:
+        log.warning("more images are far below data.resize=%d (attnmel data check lists them)", resize)
 
 
 class DecodeSource:
@@ -260,35 +280,56 @@ def _open_valid(path: Path, key: str) -> PreprocessCache | None:
 
 @contextmanager
 def _file_lock(path: Path) -> Iterator[None]:
+    """Hold ``path`` (a lock file) exclusively; a read-only cache folder is a one-line error."""
+    from filelock import FileLock
+
+    lock = FileLock(path)
     try:
-        import fcntl
-    except ImportError:  # pragma: no cover - not POSIX: the atomic rename alone still keeps caches whole
+        lock.acquire()
+    except OSError as e:
+        raise file_error(path.parent, f"data.cache_dir is not writable ({e.strerror or e}); "
+                                      "give data.cache_dir=<a writable folder>") from None
+    try:
         yield
-        return
-    with open(path, "a+") as fh:
-        fcntl.flock(fh, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(fh, fcntl.LOCK_UN)
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
+    finally:
+        lock.release()
 
 
 def _remove_abandoned(cache_dir: Path, prefix: str) -> None:
-    """Temporary folders left by builds that crashed (their process is gone)."""
+    """Temporary folders of builds that crashed: every builder holds the family's lock, which we hold now."""
     for p in cache_dir.glob(f".tmp-{prefix}*"):
-        m = re.search(r"-pid(\d+)-", p.name)
-        if m and not _pid_alive(int(m.group(1))):
-            shutil.rmtree(p, ignore_errors=True)
+        shutil.rmtree(p, ignore_errors=True)
+
+
+def _reserve(path: Path, cache_dir: Path, needed: int) -> None:
+    """Allocate ``path``'s blocks now: a memory-mapped file that is still sparse dies of SIGBUS when the
+    disk fills up during the build, with no message."""
+    try:
+        fd = os.open(path, os.O_RDWR)
+    except OSError:
+        return
+    try:
+        os.posix_fallocate(fd, 0, os.fstat(fd).st_size)
+    except OSError as e:
+        if e.errno in (errno.ENOSPC, errno.EDQUOT):
+            raise file_error(cache_dir, f"no space for the preprocessing cache (needs {_mb(needed)} MB; "
+                                        "free some space or give data.cache_dir=<another folder>)") from None
+        # EOPNOTSUPP and the like: the free-space check before the build has to do.
+    except AttributeError:  # pragma: no cover - not POSIX
+        pass
+    finally:
+        os.close(fd)
+
+
+def _mb(n: int) -> str:
+    return f"{n / 2**20:.1f}"
+
+
+def _check_space(cache_dir: Path, needed: int) -> None:
+    free = shutil.disk_usage(cache_dir).free
+    if free < needed:
+        raise file_error(cache_dir, f"no space for the preprocessing cache (needs {_mb(needed)} MB, "
+                                    f"{_mb(free)} MB free; give data.cache_dir=<another folder>)")
 
 
 T = TypeVar("T")
@@ -368,7 +409,7 @@ def ensure_cache(dataset: str, split: str, sources: Sequence[SourceFiles], spec:
         _remove_abandoned(cache_dir, family)
         if final.exists():  # incomplete or corrupt, e.g. written by hand or by an older layout
             shutil.rmtree(final, ignore_errors=True)
-        tmp = cache_dir / f".tmp-{name}-pid{os.getpid()}-{uuid.uuid4().hex[:8]}"
+        tmp = cache_dir / f".tmp-{name}-{uuid.uuid4().hex[:8]}"
         tmp.mkdir()
         try:
             meta = _build(tmp, dataset, split, sources, spec, key, progress, workers or default_workers())
@@ -389,9 +430,14 @@ def _build(tmp: Path, dataset: str, split: str, sources: list[SourceFiles], spec
     n, R = len(sources), spec.resize
     has_mask = [s.mask is not None for s in sources]
     has_dermo = [s.dermo is not None for s in sources]
+    needed = n * R * R * (3 + any(has_mask) + any(has_dermo))
+    _check_space(tmp.parent, needed)
     images = open_memmap(tmp / "images.npy", mode="w+", dtype=np.uint8, shape=(n, R, R, 3))
     masks = open_memmap(tmp / "masks.npy", mode="w+", dtype=np.uint8, shape=(n, R, R)) if any(has_mask) else None
     dermo = open_memmap(tmp / "dermo.npy", mode="w+", dtype=np.uint8, shape=(n, R, R)) if any(has_dermo) else None
+    for name, arr in (("images", images), ("masks", masks), ("dermo", dermo)):
+        if arr is not None:
+            _reserve(tmp / f"{name}.npy", tmp.parent, needed)
     t0 = time.perf_counter()
     prog, task = _progress(progress, f"caching {dataset} {split} ({n} images, {R}px)", n)
     with prog:

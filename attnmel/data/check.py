@@ -32,6 +32,8 @@ class SplitCheck:
     images_without_labels: list[str] = field(default_factory=list)
     unreadable: list[str] = field(default_factory=list)  # one-line messages naming the file
     nonbinary_masks: list[str] = field(default_factory=list)
+    low_masks: list[str] = field(default_factory=list)  # no value above 128: read as empty
+    small_images: list[str] = field(default_factory=list)  # short side under SMALL_SIDE px
     error: str | None = None
 
     @property
@@ -50,7 +52,7 @@ class SplitCheck:
             out.append(f"{self.split}: {len(self.images_without_labels)} image(s) without label "
                        f"({_few(self.images_without_labels)})")
         masked = sum(self.with_masks.values())
-        if 0 < masked < self.total:
+        if masked > 0 and self.images_without_masks:
             out.append(f"{self.split}: {len(self.images_without_masks)} image(s) without mask "
                        f"({_few(self.images_without_masks)})")
         return out
@@ -75,6 +77,10 @@ class CheckResult:
     @property
     def ok(self) -> bool:
         return not self.problems()
+
+
+# Far below any training size (the paper trains at 224): upsampled many times over, almost surely a bad file.
+SMALL_SIDE = 32
 
 
 def _few(items: list[str], k: int = 3) -> str:
@@ -105,6 +111,10 @@ def check_split(dataset: str, root: Path, split: str, num_classes: int, **opts: 
             continue
         name = out.class_names[sample.label]
         out.images[name] += 1
+        if min(res.size) < SMALL_SIDE:
+            out.small_images.append(f"{sample.image} ({res.size[0]}x{res.size[1]})")
+        if res.mask_low:
+            out.low_masks.append(str(sample.mask))
         if res.mask_error:
             out.unreadable.append(res.mask_error)
         elif sample.mask is not None:
@@ -146,11 +156,12 @@ def check_dataset(dataset: str, root: str | Path, **opts: Any) -> CheckResult:
 def render_check(result: CheckResult, console: Any = None) -> None:
     """Print the table and the list of problems with ``rich``."""
     from rich.console import Console
+    from rich.markup import escape
     from rich.table import Table
 
     console = console or Console()
     labelled = result.dataset not in SEGMENTATION_ONLY
-    table = Table(title=f"{result.dataset}: {result.root}")
+    table = Table(title=escape(f"{result.dataset}: {result.root}"))
     table.add_column("split")
     table.add_column("class" if labelled else "")
     for col in ("images", "with masks", "with dermo"):
@@ -163,7 +174,7 @@ def render_check(result: CheckResult, console: Any = None) -> None:
             n = s.images[c] if labelled else s.total
             m = s.with_masks[c] if labelled else sum(s.with_masks.values())
             d = s.with_dermo[c] if labelled else sum(s.with_dermo.values())
-            table.add_row(s.split, c if labelled else "", str(n), str(m), str(d))
+            table.add_row(escape(s.split), escape(c) if labelled else "", str(n), str(m), str(d))
         table.add_section()
     console.print(table)
     for s in result.splits:
@@ -173,6 +184,12 @@ def render_check(result: CheckResult, console: Any = None) -> None:
                       f"labels without images {len(s.labels_without_images)} | "
                       f"without labels {len(s.images_without_labels)} | unreadable {len(s.unreadable)}",
                       markup=False, highlight=False)
+        if s.small_images:
+            console.print(f"{s.split}: warning: {len(s.small_images)} image(s) under {SMALL_SIDE} px on the short side "
+                          f"(upsampled in training): {_few(s.small_images)}", markup=False, highlight=False)
+        if s.low_masks:
+            console.print(f"{s.split}: warning: {len(s.low_masks)} mask(s) with no value above 128, read as empty "
+                          f"(expected 0/255): {_few(s.low_masks)}", markup=False, highlight=False)
         if s.nonbinary_masks:
             console.print(f"{s.split}: {len(s.nonbinary_masks)} mask(s) not strictly 0/255 (thresholded at > 128): "
                           f"{_few(s.nonbinary_masks)}", markup=False, highlight=False)

@@ -52,11 +52,22 @@ DEFAULT_CLASS_NAMES = {
 # ------------------------------------------------------------------------------------------ seeding
 
 
-def _rank() -> int:
-    for var in ("RANK", "SLURM_PROCID", "LOCAL_RANK"):
-        if os.environ.get(var, "").isdigit():
-            return int(os.environ[var])
-    return 0
+def process_rank() -> int:
+    """This process's global rank: 0 for a single process and for the first process of a DDP job.
+
+    The one place that reads the launchers' variables: ``RANK`` (torchrun, and Lightning once DDP is set
+    up), ``SLURM_PROCID`` (srun), else Lightning's own launcher's ``NODE_RANK`` / ``LOCAL_RANK`` (its extra
+    processes get these before ``RANK`` exists).
+    """
+    env = os.environ
+    for var in ("RANK", "SLURM_PROCID"):
+        if env.get(var, "").isdigit():
+            return int(env[var])
+    local = int(env["LOCAL_RANK"]) if env.get("LOCAL_RANK", "").isdigit() else 0
+    node_var = env.get("NODE_RANK", env.get("GROUP_RANK", ""))
+    node = int(node_var) if node_var.isdigit() else 0
+    per_node = int(env["LOCAL_WORLD_SIZE"]) if env.get("LOCAL_WORLD_SIZE", "").isdigit() else 1024
+    return node * per_node + local
 
 
 def seed_worker(worker_id: int) -> None:
@@ -66,7 +77,7 @@ def seed_worker(worker_id: int) -> None:
     generator); under DDP the rank is folded in so ranks do not repeat each other's augmentations.
     """
     seed = torch.initial_seed()
-    rank = _rank()
+    rank = process_rank()
     if rank:
         seed = (seed + 1_000_003 * rank) % (2**63)
         torch.manual_seed(seed)

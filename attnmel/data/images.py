@@ -39,6 +39,7 @@ def _one_line(e: BaseException) -> str:
 
 
 def _load(im: Image.Image, path: Path) -> None:
+    _warn_deep_colour(im, path)
     try:
         im.load()
     # PIL reports broken files through several exception types depending on the codec and where
@@ -47,6 +48,15 @@ def _load(im: Image.Image, path: Path) -> None:
         msg = _one_line(e)
         problem = "truncated image file" if "truncated" in msg else f"corrupt image ({msg})"
         raise file_error(path, problem) from None
+
+
+def _warn_deep_colour(im: Image.Image, path: Path) -> None:
+    """PIL reads 48-bit RGB (and 64-bit RGBA) PNGs as 8 bits per channel without a word; say so."""
+    tile = getattr(im, "tile", None) or []
+    raw = str(tile[0][3]) if tile and len(tile[0]) > 3 else ""
+    if im.mode in ("RGB", "RGBA") and ";16" in raw:
+        log.warning("%s: %d-bit %s (16 bits per channel), read as 8 bits per channel", path,
+                    16 * len(im.mode), im.mode)
 
 
 def _to_uint8(im: Image.Image, path: Path, what: str) -> Image.Image:
@@ -170,10 +180,24 @@ def load_mask(path: str | Path, expected_hw: tuple[int, int] | None = None) -> n
     it is read as 0/1 with a warning instead of silently losing the lesion.
     """
     arr = load_mask_u8(path, expected_hw)
-    if arr.max() == 1:
+    top = int(arr.max()) if arr.size else 0
+    if top == 1:
         log.warning("%s: mask values are 0/1 (expected 0/255); read 1 as lesion", path)
         return arr > 0
+    if 1 < top <= 128:
+        # e.g. a red lesion on an RGB mask (gray 76) or values {0, 100}: the > 128 rule reads no lesion at all.
+        log.warning("%s: mask values go up to %d, none above 128: read as an empty mask (expected 0/255)", path, top)
     return arr > 128
+
+
+def load_lesion_mask(path: str | Path, expected_hw: tuple[int, int] | None = None) -> np.ndarray:
+    """A dataset's own lesion mask (ISIC Part 1): as :func:`load_mask`, and one without any lesion pixel is
+    an error in the data (every Part 1 image shows a lesion)."""
+    m = load_mask(path, expected_hw)
+    if not m.any():
+        raise file_error(path, "lesion mask is empty (no pixel above 128): a ground-truth lesion mask always "
+                               "marks the lesion")
+    return m
 
 
 DERMO_FEATURES = ("pigment_network", "negative_network", "streaks", "milia_like_cyst")

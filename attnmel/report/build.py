@@ -302,7 +302,7 @@ def build_report(run_dir: str | Path, split: str = "test", integrated_gradients:
     from attnmel import config as config_mod
     from attnmel.data.datamodule import AttnMelDataModule
     from attnmel.metrics.classification import classification_metrics, curves
-    from attnmel.train.run import load_run, update_metrics
+    from attnmel.train.rundir import load_run, update_metrics
 
     t_start = time.perf_counter()
     run_dir = Path(run_dir)

@@ -7,7 +7,6 @@ from several processes: each write is atomic and each rebuild scans everything p
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 from dataclasses import dataclass, field
@@ -19,6 +18,7 @@ from urllib.parse import quote
 import yaml
 
 from attnmel.io import write_text
+from attnmel.train.rundir import read_metrics_file
 
 log = logging.getLogger("attnmel.report")
 
@@ -64,14 +64,6 @@ def _href(target: Path, base: Path) -> str:
     return quote(Path(os.path.relpath(target, base)).as_posix())
 
 
-def _read_json(path: Path) -> tuple[dict | None, str]:
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        return None, f"metrics.json unreadable ({e.__class__.__name__})"
-    return (data, "") if isinstance(data, dict) else (None, "metrics.json is not a mapping")
-
-
 def _num(v: Any) -> float | None:
     return float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) else None
 
@@ -92,7 +84,7 @@ def read_run_entry(run_dir: Path, reports_root: Path, name: str) -> RunEntry:
     if not metrics_path.is_file():
         entry.note = "no metrics.json yet"
         return entry
-    metrics, problem = _read_json(metrics_path)
+    metrics, problem = read_metrics_file(metrics_path)
     if metrics is None:
         entry.note = problem
         return entry

@@ -35,11 +35,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
+from rich.markup import escape
+
 from attnmel import config as config_mod
 from attnmel.errors import AttnMelError, file_error
 from attnmel.io import write_json, write_text
 from attnmel.sweep.spec import RunPlan, SweepSpec, load_sweep, plan_runs, sweep_dir_of
 from attnmel.sweep.state import ERROR_FILE, attention_done, classification_done, read_metrics, run_finished
+from attnmel.train.rundir import update_metrics
 
 log = logging.getLogger("attnmel.sweep")
 
@@ -95,7 +98,6 @@ def _evaluate(run_dir: Path) -> None:
 def _score_attention(run_dir: Path) -> None:
     """Write the ``attention`` section of ``metrics.json`` (or ``attention_skipped`` with the reason)."""
     from attnmel.report.build import build_report
-    from attnmel.train.run import update_metrics
 
     try:
         build_report(run_dir, split="test")
@@ -110,8 +112,10 @@ def _score_attention(run_dir: Path) -> None:
 
 
 def is_rank_zero() -> bool:
-    """False inside the extra processes Lightning's DDP launcher starts (they set LOCAL_RANK / NODE_RANK)."""
-    return all(int(os.environ.get(v, "0") or 0) == 0 for v in ("LOCAL_RANK", "NODE_RANK", "RANK"))
+    """False inside the extra processes of a DDP job (see :func:`attnmel.data.datamodule.process_rank`)."""
+    from attnmel.data.datamodule import process_rank
+
+    return process_rank() == 0
 
 
 def wants_own_process(cfg: dict[str, Any]) -> bool:
@@ -251,7 +255,7 @@ def _progress_printer(console) -> Callable[[RunResult, int, int], None]:
 
     def show(r: RunResult, i: int, n: int) -> None:
         colour = colours.get(r.status, "white")
-        tail = f"  {r.error}" if r.error else ""
+        tail = f"  {escape(r.error)}" if r.error else ""
         console.print(f"[{i}/{n}] {r.arm:<16} seed {r.seed:<3} [{colour}]{r.status:<7}[/{colour}] "
                       f"{r.seconds:7.1f}s{tail}", markup=True, soft_wrap=True)
 
@@ -320,7 +324,7 @@ def run_sweep(sweep_file: str | Path, dataset: str | None = None, jobs: int | No
     write_sweep_record(sweep_dir, spec, overrides)
     console = console or _console()
     console.print(f"sweep {spec.name} on {spec.dataset}: {len(spec.arms)} arms x {len(spec.seeds)} seeds "
-                  f"= {len(plans)} runs in {sweep_dir}" + (f", {jobs} in parallel" if jobs > 1 else ""))
+                  f"= {len(plans)} runs in {escape(str(sweep_dir))}" + (f", {jobs} in parallel" if jobs > 1 else ""))
     start = time.perf_counter()
     if spec.dataset == "synthetic":
         # Generate the shared synthetic set once, up front, so parallel runs never race to write it.
@@ -331,9 +335,9 @@ def run_sweep(sweep_file: str | Path, dataset: str | None = None, jobs: int | No
     paths = write_summary(sweep_dir, spec, results)
     failed = [r for r in results if r.status == "failed"]
     console.print(f"sweep {spec.name}: {len(results) - len(failed)}/{len(results)} runs finished in "
-                  f"{time.perf_counter() - start:.0f}s; summary: {paths['md']}")
+                  f"{time.perf_counter() - start:.0f}s; summary: {escape(str(paths['md']))}")
     for r in failed:
-        console.print(f"  failed: {r.arm} seed {r.seed}: {r.error} (see {Path(r.run_dir) / ERROR_FILE})",
+        console.print(escape(f"  failed: {r.arm} seed {r.seed}: {r.error} (see {Path(r.run_dir) / ERROR_FILE})"),
                       soft_wrap=True)
     return 1 if failed else 0
 

@@ -32,7 +32,6 @@ other's runs): pass ``--out`` to keep both.
 
 from __future__ import annotations
 
-import copy
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -40,6 +39,7 @@ from typing import Any, Iterable
 
 from attnmel import config as config_mod
 from attnmel.errors import file_error
+from attnmel.train.rundir import run_dir_of
 
 TOP_KEYS = ("name", "description", "base", "default_dataset", "overrides", "seeds", "jobs", "datasets", "baseline",
             "paper_numbers", "arms")
@@ -97,44 +97,10 @@ class RunPlan:
 
     @property
     def run_dir(self) -> Path:
-        return Path(self.cfg["out_dir"]) / str(self.cfg["name"])
+        return run_dir_of(self.cfg)
 
 
-# -- helpers ---------------------------------------------------------------------------------------
-def expand_dotted(mapping: dict[str, Any]) -> dict[str, Any]:
-    """``{"a.b": 1, "c": {"d.e": 2}}`` -> ``{"a": {"b": 1}, "c": {"d": {"e": 2}}}`` (deep-merging)."""
-    out: dict[str, Any] = {}
-    for key, value in mapping.items():
-        parts = str(key).split(".")
-        node = out
-        for p in parts[:-1]:
-            nxt = node.get(p)
-            if not isinstance(nxt, dict):
-                nxt = node[p] = {}
-            node = nxt
-        leaf = parts[-1]
-        if isinstance(value, dict) and value:
-            value = expand_dotted(value)
-            if isinstance(node.get(leaf), dict):
-                value = {**node[leaf], **value}
-        node[leaf] = value
-    return out
-
-
-def _deep_merge(a: dict[str, Any], b: dict[str, Any], schema: dict[str, Any] | None = None) -> dict[str, Any]:
-    """Merge ``b`` into a copy of ``a``; free-form mappings of the schema (``loss.weights``) are replaced
-    whole, as :func:`attnmel.config.merge` does, so a sweep layer never mixes two layers' weights."""
-    schema = config_mod.defaults() if schema is None else schema
-    out = copy.deepcopy(a)
-    for k, v in b.items():
-        sub = schema.get(k) if isinstance(schema, dict) else None
-        if isinstance(v, dict) and isinstance(out.get(k), dict) and isinstance(sub, dict) and sub:
-            out[k] = _deep_merge(out[k], v, sub)
-        else:
-            out[k] = copy.deepcopy(v)
-    return out
-
-
+# -- helpers (dotted keys and merging are attnmel.config's: one config engine) -----------------------
 def _check_keys(path: Path, where: str, data: dict[str, Any], known: Iterable[str]) -> None:
     known = tuple(known)
     for key in data:
@@ -152,7 +118,7 @@ def _mapping(path: Path, where: str, value: Any) -> dict[str, Any]:
 
 def _overrides(path: Path, where: str, value: Any, schema: dict[str, Any]) -> dict[str, Any]:
     """Expand and check one override mapping against the config schema (unknown key -> one line)."""
-    nested = expand_dotted(_mapping(path, where, value))
+    nested = config_mod.expand_dotted(_mapping(path, where, value))
     config_mod.merge(schema, nested, source=f"{path}: {where}")
     return nested
 
@@ -275,7 +241,9 @@ def _arm(path: Path, name: str, arm: dict[str, Any], base: dict[str, Any], datas
                                    f"got {only!r}")
         if dataset not in only:
             return None
-    merged = _deep_merge(_deep_merge(_deep_merge(shared, ds_over, schema), over, schema), arm_ds, schema)
+    merged = shared
+    for layer in (ds_over, over, arm_ds):
+        merged = config_mod.merge(merged, layer, schema=schema, source=f"{path}: arms[{name}]")
     paper = arm.get("paper")
     return ArmSpec(name=name, label=str(arm.get("label") or name), paper=str(paper) if paper is not None else None,
                    overrides=merged, description=str(arm.get("description") or ""))

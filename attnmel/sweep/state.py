@@ -6,23 +6,14 @@ Its own module so that :mod:`attnmel.sweep.run` (which writes the summary at the
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
+from attnmel.train.rundir import read_metrics
+
+__all__ = ["ERROR_FILE", "attention_done", "classification_done", "read_metrics", "run_finished"]
+
 ERROR_FILE = "error.txt"  # a failed run's one-line reason and traceback, in its run folder
-
-
-def read_metrics(run_dir: Path) -> dict[str, Any]:
-    """``metrics.json`` of a run, or ``{}`` when missing or unreadable."""
-    path = Path(run_dir) / "metrics.json"
-    if not path.is_file():
-        return {}
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError):
-        return {}
-    return data if isinstance(data, dict) else {}
 
 
 def classification_done(metrics: dict[str, Any]) -> bool:

@@ -36,7 +36,7 @@ def predict_images(run_dir: str | Path, images: list[Path], overlay_dir: Path | 
     """Probabilities per image (printed as a table); ``overlay_dir``: a PNG per image with its maps."""
     from attnmel.data.datamodule import AttnMelDataModule
     from attnmel.data.images import load_image
-    from attnmel.train.run import load_run
+    from attnmel.train.rundir import load_run
 
     run = load_run(run_dir)
     if run.cfg.get("task", "classification") != "classification":
@@ -76,6 +76,7 @@ def predict_images(run_dir: str | Path, images: list[Path], overlay_dir: Path | 
 
 def _print_rows(rows: list[dict], class_names: list[str]) -> None:
     from rich.console import Console
+    from rich.markup import escape
     from rich.table import Table
 
     table = Table(title="predictions")
@@ -84,7 +85,7 @@ def _print_rows(rows: list[dict], class_names: list[str]) -> None:
         table.add_column(c, justify="right")
     table.add_column("predicted")
     for r in rows:
-        table.add_row(Path(r["image"]).name, *(f"{r[c]:.4f}" for c in class_names), r["predicted"])
+        table.add_row(escape(Path(r["image"]).name), *(f"{r[c]:.4f}" for c in class_names), r["predicted"])
     Console().print(table)
 
 

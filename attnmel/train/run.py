@@ -1,14 +1,16 @@
-"""A run folder, ``runs/<name>/``: train into it, and evaluate / predict from it without repeating flags.
+"""Training into a run folder (:mod:`attnmel.train.rundir`), and evaluating from it without repeating flags.
 
-Layout: ``config.yaml`` (the full resolved config), ``checkpoints/best.ckpt`` (best validation AUC) and
-``last.ckpt``, ``metrics.json``, ``predictions.csv``, ``logs/`` (CSV + TensorBoard), ``report/``.
+Nothing is lost on a fault: checkpoints are written to a temporary file beside them and renamed
+(an atomic CheckpointIO), a resume appends to ``logs/csv/metrics.csv`` and keeps the best score even
+when the folder moved, Ctrl-C ends with a message and a resumable ``last.ckpt``, and a second process on
+the same folder is refused.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import warnings
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -18,27 +20,22 @@ from torch import nn
 
 from attnmel import config as config_mod
 from attnmel.errors import AttnMelError, file_error
-from attnmel.io import write_json, write_text
+from attnmel.io import atomic_path, write_text
+from attnmel.train.rundir import (
+    BEST,
+    CONFIG,
+    LAST,
+    LoadedRun,
+    checkpoint_path,
+    load_run,
+    lock_run,
+    predictions_path,
+    read_checkpoint,
+    run_dir_of,
+    update_metrics,
+)
 
 log = logging.getLogger("attnmel.train")
-
-BEST, LAST = "best.ckpt", "last.ckpt"
-
-
-@dataclass
-class LoadedRun:
-    """What :func:`load_run` gives back: everything needed to use a trained run."""
-
-    run_dir: Path
-    cfg: dict
-    model: nn.Module
-    class_names: list[str]
-    melanoma_index: int
-    checkpoint: Path
-
-
-def run_dir_of(cfg: dict) -> Path:
-    return Path(cfg["out_dir"]) / str(cfg["name"])
 
 
 def _quiet_lightning() -> None:
@@ -73,74 +70,246 @@ def resolve_precision(cfg: dict) -> str:
     return "bf16-mixed" if cpu_bf16 else "32-true"
 
 
-def build_trainer(cfg: dict, run_dir: Path, *, callbacks_extra: list | None = None):
-    """The Lightning Trainer of a run: checkpoints by the selection metric, CSV + TensorBoard logs."""
+def _atomic_checkpoint_io():
+    """A Lightning CheckpointIO that writes a checkpoint to a temporary file in its own folder, then renames it.
+
+    Lightning's own stages the file elsewhere and moves it across filesystems, so a full disk left a
+    truncated ``last.ckpt``. Here the previous checkpoint survives any failed write.
+    """
+    from lightning_fabric.plugins.io.torch_io import TorchCheckpointIO
+
+    class AtomicCheckpointIO(TorchCheckpointIO):
+        def save_checkpoint(self, checkpoint: dict, path, storage_options=None) -> None:
+            save_checkpoint_atomically(checkpoint, Path(path))
+
+    return AtomicCheckpointIO()
+
+
+def save_checkpoint_atomically(checkpoint: dict, path: Path) -> None:
+    """``torch.save`` to a temporary file beside ``path``, fsync, rename; a failure keeps the old file."""
+    import io
+
+    buf = io.BytesIO()
+    torch.save(checkpoint, buf)
+    try:
+        with atomic_path(path) as tmp, open(tmp, "wb") as fh:
+            fh.write(buf.getbuffer())
+            fh.flush()
+            os.fsync(fh.fileno())
+    except OSError as e:
+        raise file_error(path, f"cannot write checkpoint ({e.strerror or e}); the previous one is kept") from None
+
+
+def _checkpoint_callback(**kwargs: Any):
+    """A ModelCheckpoint that keeps its best score when the run folder was moved or copied.
+
+    Lightning drops ``best_model_score`` when the saved ``dirpath`` differs from today's, so a resumed,
+    moved run replaced ``best.ckpt`` with a worse epoch. The run folder's layout is fixed (``checkpoints/``
+    beside ``config.yaml``), so the saved state is this folder's wherever it now is.
+    """
+    from pytorch_lightning.callbacks import ModelCheckpoint
+
+    class RunCheckpoint(ModelCheckpoint):
+        @property
+        def state_key(self) -> str:
+            # ModelCheckpoint's key holds the class name: keep it, so runs saved before still restore.
+            return super().state_key.replace(type(self).__qualname__, ModelCheckpoint.__qualname__, 1)
+
+        def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+            saved_dir = state_dict.get("dirpath", self.dirpath)
+            super().load_state_dict({**state_dict, "dirpath": self.dirpath})
+            if saved_dir != self.dirpath and state_dict.get("best_model_path"):
+                self.best_model_path = os.path.join(self.dirpath, os.path.basename(state_dict["best_model_path"]))
+                self.best_k_models = ({self.best_model_path: self.best_model_score}
+                                      if self.best_model_score is not None else {})
+                self.kth_best_model_path = self.best_model_path
+                if self.best_model_score is not None:
+                    self.kth_value = self.best_model_score
+                self.last_model_path = ""
+
+    return RunCheckpoint(**kwargs)
+
+
+def _csv_logger(run_dir: Path, resume_epoch: int | None):
+    """The CSV logger of ``logs/csv/metrics.csv``; on resume it appends instead of starting the file again.
+
+    Rows of epochs after the checkpoint's (an epoch interrupted half-way) are dropped first, so every epoch
+    appears once.
+    """
+    import csv
+
+    from pytorch_lightning.loggers import CSVLogger
+    from pytorch_lightning.loggers.csv_logs import ExperimentWriter
+
+    class AppendingWriter(ExperimentWriter):
+        def _check_log_dir_exists(self) -> None:
+            path = Path(self.metrics_file_path)
+            if not path.is_file():
+                return
+            if resume_epoch is None:
+                path.unlink()  # a fresh run: nothing of an earlier run belongs here
+                return
+            with open(path, newline="", encoding="utf-8") as fh:
+                reader = csv.DictReader(fh)
+                fields = list(reader.fieldnames or [])
+                rows = [r for r in reader if not r.get("epoch") or _epoch_of(r["epoch"]) <= resume_epoch]
+            with atomic_path(path) as tmp, open(tmp, "w", newline="", encoding="utf-8") as out:
+                w = csv.DictWriter(out, fieldnames=fields)
+                w.writeheader()
+                w.writerows(rows)
+            self.metrics_keys = fields
+
+    class AppendingCSVLogger(CSVLogger):
+        @property
+        def experiment(self):
+            if self._experiment is None:
+                self._fs.makedirs(self.root_dir, exist_ok=True)
+                self._experiment = AppendingWriter(log_dir=self.log_dir)
+            return self._experiment
+
+    return AppendingCSVLogger(run_dir, name="logs", version="csv")
+
+
+def _epoch_of(text: str) -> float:
+    try:
+        return float(text)
+    except ValueError:
+        return -1.0
+
+
+# Words of Lightning's messages -> the key they are about (for a one-line error naming the key).
+_TRAINER_KEYS = (("precision", "precision"), ("strategy", "strategy"), ("num_nodes", "num_nodes"),
+                 ("accelerator", "accelerator"), ("gpu", "accelerator"), ("cuda", "accelerator"),
+                 ("mps", "accelerator"), ("tpu", "accelerator"), ("device", "devices"),
+                 ("limit_train_batches", "limit_train_batches"), ("limit_val_batches", "limit_val_batches"))
+
+
+def _trainer_error(cfg: dict, e: BaseException) -> AttnMelError:
+    text = " ".join(str(e).split()) or e.__class__.__name__
+    low = text.lower()
+    key = next((k for word, k in _TRAINER_KEYS if word in low), None)
+    t = cfg["trainer"]
+    if key is None:
+        named = ", ".join(f"trainer.{k}={t[k]!r}" for k in ("accelerator", "devices", "strategy", "precision"))
+        return AttnMelError(f"config: Lightning refused the trainer settings ({named}): {text[:300]}")
+    return AttnMelError(f"config: trainer.{key}={t.get(key)!r} refused by Lightning: {text[:300]}")
+
+
+def build_trainer(cfg: dict, run_dir: Path, *, callbacks_extra: list | None = None,
+                  resume_epoch: int | None = None):
+    """The Lightning Trainer of a run: checkpoints by the selection metric, CSV + TensorBoard logs.
+
+    ``resume_epoch``: the epoch of the checkpoint being resumed (the CSV log is appended to, after it).
+    A setting Lightning refuses becomes a one-line error naming the ``trainer.*`` key.
+    """
     import pytorch_lightning as pl
-    from pytorch_lightning.callbacks import EarlyStopping, ModelCheckpoint
-    from pytorch_lightning.loggers import CSVLogger, TensorBoardLogger
+    from lightning_fabric.utilities.exceptions import MisconfigurationException
+    from pytorch_lightning.callbacks import EarlyStopping
+    from pytorch_lightning.loggers import TensorBoardLogger
 
     t = cfg["trainer"]
     monitor = selection_metric(cfg)
-    best = ModelCheckpoint(dirpath=run_dir / "checkpoints", filename="best", monitor=monitor, mode="max",
-                           save_top_k=1, auto_insert_metric_name=False, enable_version_counter=False)
+    ckpt_dir = run_dir / "checkpoints"
+    best = _checkpoint_callback(dirpath=ckpt_dir, filename="best", monitor=monitor, mode="max", save_top_k=1,
+                                auto_insert_metric_name=False, enable_version_counter=False)
     # A second callback for last.ckpt: Lightning's save_last only writes when a top-k checkpoint was saved too.
-    last = ModelCheckpoint(dirpath=run_dir / "checkpoints", filename="last", monitor=None, save_top_k=1,
-                           auto_insert_metric_name=False, enable_version_counter=False)
+    last = _checkpoint_callback(dirpath=ckpt_dir, filename="last", monitor=None, save_top_k=1,
+                                auto_insert_metric_name=False, enable_version_counter=False)
     callbacks: list = [best, last]
     if t.get("early_stopping_patience"):
         callbacks.append(EarlyStopping(monitor=monitor, mode="max", patience=int(t["early_stopping_patience"])))
     callbacks += callbacks_extra or []
-    loggers = [CSVLogger(run_dir, name="logs", version="csv"),
-               TensorBoardLogger(run_dir, name="logs", version="tensorboard", default_hp_metric=False)]
+    loggers = [_csv_logger(run_dir, resume_epoch)]
+    try:
+        loggers.append(TensorBoardLogger(run_dir, name="logs", version="tensorboard", default_hp_metric=False))
+    except ModuleNotFoundError:  # tensorboard is optional at run time
+        pass
     kwargs: dict[str, Any] = dict(
         max_epochs=int(t["max_epochs"]), accelerator=t["accelerator"], devices=t["devices"],
         num_nodes=int(t["num_nodes"]), strategy=t["strategy"], precision=resolve_precision(cfg),
         callbacks=callbacks, logger=loggers, log_every_n_steps=int(t["log_every_n_steps"]),
         enable_progress_bar=bool(t["progress_bar"]), enable_model_summary=False,
         deterministic=bool(t["deterministic"]), default_root_dir=run_dir, num_sanity_val_steps=0,
+        plugins=[_atomic_checkpoint_io()],
     )
     for k in ("limit_train_batches", "limit_val_batches"):
         if t.get(k) is not None:
             kwargs[k] = t[k]
-    return pl.Trainer(**kwargs)
+    try:
+        return pl.Trainer(**kwargs)
+    except (MisconfigurationException, ValueError, TypeError, RuntimeError) as e:
+        raise _trainer_error(cfg, e) from None
+
+
+class TrainingInterrupted(KeyboardInterrupt):
+    """Ctrl-C during training; the message says whether and how the run can be resumed."""
 
 
 def train(cfg: dict, *, resume: bool = False, evaluate_after: bool = True) -> Path:
-    """Train a classifier (or segmenter) into its run folder; returns the folder."""
-    import pytorch_lightning as pl
+    """Train a classifier (or segmenter) into its run folder; returns the folder.
 
+    ``resume``: continue from ``checkpoints/last.ckpt``; ``cfg`` may differ from the checkpoint's config
+    only in :data:`attnmel.config.RESUME_MAY_CHANGE` (anything else is refused in one line).
+    """
     _quiet_lightning()
     run_dir = run_dir_of(cfg)
-    last = run_dir / "checkpoints" / LAST
+    with lock_run(run_dir):
+        return _train_locked(cfg, run_dir, resume, evaluate_after)
+
+
+def _train_locked(cfg: dict, run_dir: Path, resume: bool, evaluate_after: bool) -> Path:
+    import pytorch_lightning as pl
+
+    last = checkpoint_path(run_dir, LAST)
+    resume_epoch = None
     if resume:
         if not last.is_file():
             raise file_error(last, "no checkpoint to resume from (train without --resume first)")
-        cfg = _resume_config(config_mod.read_yaml(run_dir / "config.yaml"), cfg)
+        ckpt = read_checkpoint(last)
+        config_mod.check_resume_changes(ckpt["attnmel"]["config"], cfg, str(run_dir))
+        resume_epoch = int(ckpt.get("epoch", 0))
+        del ckpt
     elif (run_dir / "checkpoints").is_dir() and any((run_dir / "checkpoints").glob("*.ckpt")):
         raise file_error(run_dir, "run folder already holds checkpoints: pass --resume to continue it, "
                                   "or name=<new name> for a new run")
     cfg = resolve_mask_source(cfg)  # before any DataModule exists, and before the config is saved
     run_dir.mkdir(parents=True, exist_ok=True)
-    write_text(run_dir / "config.yaml", config_mod.dump(cfg))
+    write_text(run_dir / CONFIG, config_mod.dump(cfg))
     pl.seed_everything(int(cfg["seed"]), workers=True, verbose=False)
 
     module, dm = build_module_and_data(cfg)
-    trainer = build_trainer(cfg, run_dir)
-    trainer.fit(module, datamodule=dm, ckpt_path=str(last) if resume else None, weights_only=True if resume else None)
-    if trainer.interrupted:
-        raise AttnMelError(f"{run_dir}: training interrupted; continue it with `attnmel train --resume {run_dir}`")
-    if not (run_dir / "checkpoints" / BEST).is_file():
+    trainer = build_trainer(cfg, run_dir, resume_epoch=resume_epoch)
+    _fit(trainer, module, dm, last if resume else None, run_dir)
+    if not checkpoint_path(run_dir, BEST).is_file():
         raise file_error(run_dir, "training finished without a checkpoint (was there any validation data?)")
     if evaluate_after and trainer.is_global_zero:
         evaluate(run_dir, split="test")
     return run_dir
 
 
-def _resume_config(saved: dict, new: dict) -> dict:
-    # Only the schedule may change on resume (more epochs); everything else is the saved run's.
-    out = dict(saved, out_dir=new["out_dir"], name=new["name"])
-    out["trainer"] = {**saved["trainer"], "max_epochs": new["trainer"]["max_epochs"]}
-    return out
+def _fit(trainer, module, dm, last: Path | None, run_dir: Path) -> None:
+    """``trainer.fit``, with Ctrl-C turned into :class:`TrainingInterrupted` (Lightning exits with status 1)."""
+    import signal
+
+    try:
+        trainer.fit(module, datamodule=dm, ckpt_path=str(last) if last else None,
+                    weights_only=True if last else None)
+    except SystemExit:
+        if not trainer.interrupted:
+            raise
+        # Lightning ignores SIGINT from here on; give the user their Ctrl-C back.
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+        raise _interrupted(run_dir) from None
+    if trainer.interrupted:
+        raise _interrupted(run_dir)
+
+
+def _interrupted(run_dir: Path) -> TrainingInterrupted:
+    if checkpoint_path(run_dir, LAST).is_file():
+        return TrainingInterrupted(f"{run_dir}: training interrupted; the last finished epoch is kept: "
+                                   f"continue with `attnmel train --resume {run_dir}`")
+    return TrainingInterrupted(f"{run_dir}: training interrupted before the first epoch finished "
+                               "(nothing to resume: train again)")
 
 
 def build_module_and_data(cfg: dict):
@@ -196,50 +365,6 @@ def ensure_predicted_masks(seg_run_dir: str | Path, dataset: str, root: str | Pa
     return out
 
 
-# -- loading a run ------------------------------------------------------------------------------
-def read_checkpoint(path: Path) -> dict:
-    """Load a checkpoint safely (``weights_only=True``), with one-line errors."""
-    if not path.is_file():
-        raise file_error(path, "checkpoint not found")
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # noqa: BLE001 - torch raises many types for a bad file
-        first = str(e).strip().splitlines()[0] if str(e).strip() else e.__class__.__name__
-        raise file_error(path, f"not a readable AttnMel checkpoint ({first[:160]})") from None
-    if not isinstance(ckpt, dict) or "state_dict" not in ckpt or "attnmel" not in ckpt:
-        raise file_error(path, "not an AttnMel checkpoint (no state_dict / attnmel section)")
-    return ckpt
-
-
-def load_run(run_dir: str | Path, which: str = BEST) -> LoadedRun:
-    """Config and model (best weights, CPU, eval mode) of a run folder."""
-    from attnmel.models import build_model
-
-    run_dir = Path(run_dir)
-    if not run_dir.is_dir():
-        raise file_error(run_dir, "run folder not found")
-    ckpt_path = run_dir / "checkpoints" / which
-    ckpt = read_checkpoint(ckpt_path)
-    meta = ckpt["attnmel"]
-    cfg = meta["config"]
-    model_cfg = {**cfg["model"], "pretrained": "none"}
-    if cfg.get("task", "classification") == "segmentation":
-        from attnmel.models.segmentation import build_segmenter
-
-        model = build_segmenter(model_cfg["name"], model_cfg)
-    else:
-        model = build_model(model_cfg, num_classes=len(meta["class_names"]))
-    state = {k.removeprefix("model."): v for k, v in ckpt["state_dict"].items() if k.startswith("model.")}
-    try:
-        model.load_state_dict(state, strict=True)
-    except RuntimeError as e:
-        raise file_error(ckpt_path, f"weights do not fit model '{model_cfg['name']}' "
-                                    f"({str(e).splitlines()[0][:160]})") from None
-    model.eval()
-    return LoadedRun(run_dir, cfg, model, list(meta.get("class_names", [])), int(meta.get("melanoma_index", 1)),
-                     ckpt_path)
-
-
 # -- evaluation ---------------------------------------------------------------------------------
 @torch.inference_mode()
 def predict_probs(model: nn.Module, loader, device: str = "cpu", with_features: bool = False):
@@ -289,7 +414,7 @@ def evaluate(run_dir: str | Path, split: str = "test") -> dict:
         extra["classification_softmax_only" + ("" if split == "test" else f"_{split}")] = softmax_only
     metrics = classification_metrics(labels, probs, run.class_names, run.melanoma_index)
     suffix = "" if split == "test" else f"_{split}"
-    write_predictions_csv(run.run_dir / f"predictions{suffix}.csv", ids, probs, run.class_names)
+    write_predictions_csv(predictions_path(run.run_dir, split), ids, probs, run.class_names)
     update_metrics(run.run_dir, {f"classification{suffix}": metrics, "split": split, **extra,
                                  "checkpoint": str(run.checkpoint.relative_to(run.run_dir))})
     return metrics
@@ -307,19 +432,3 @@ def _svm_average(run: LoadedRun, dm, softmax: np.ndarray, feats: np.ndarray) -> 
         svm = fit_feature_svm(train_feats, train_labels, num_classes=len(run.class_names), seed=int(run.cfg["seed"]))
         svm.save(path)
     return average_with_svm(softmax, feats, svm)
-
-
-def update_metrics(run_dir: Path, section: dict) -> dict:
-    """Merge ``section`` into the run's ``metrics.json`` (written atomically)."""
-    import json
-
-    path = Path(run_dir) / "metrics.json"
-    current: dict = {}
-    if path.is_file():
-        try:
-            current = json.loads(path.read_text(encoding="utf-8"))
-        except json.JSONDecodeError:
-            log.warning("%s: unreadable, rewritten", path)
-    current.update(section)
-    write_json(path, current)
-    return current

@@ -128,7 +128,7 @@ class SegmentationModule(pl.LightningModule):
     def configure_optimizers(self):
         return configure_optimisers(self, self.cfg["optim"])
 
-    # -- checkpoint: plain data only (attnmel.train.run.load_run reads this section) -------------
+    # -- checkpoint: plain data only (attnmel.train.rundir.load_run reads this section) -------------
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         checkpoint["attnmel"] = {
             "format": CHECKPOINT_FORMAT,

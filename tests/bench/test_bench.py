@@ -40,7 +40,7 @@ def test_segmentation_bench_rates_at_32px() -> None:
 
 
 def test_report_bench_untrained_run_loads(tmp_path, synthetic_root) -> None:
-    from attnmel.train.run import load_run
+    from attnmel.train.rundir import load_run
 
     run_dir = bench_report.make_untrained_run(tmp_path / "runs" / "untrained", synthetic_root, image_size=64,
                                               width=0.125, cache_dir=tmp_path / "cache")

@@ -14,6 +14,7 @@ from attnmel import config as config_mod
 from attnmel.cli import main as cli_main
 from attnmel.errors import AttnMelError
 from attnmel.train import run as run_mod
+from attnmel.train import rundir
 
 EXPERIMENTS = Path(__file__).resolve().parents[2] / "experiments"
 
@@ -65,7 +66,7 @@ def test_fit_lowers_the_loss_and_writes_the_run_folder(trained, synthetic_root):
 def test_checkpoint_is_plain_data_and_round_trips(trained):
     ckpt = torch.load(trained / "checkpoints" / "best.ckpt", map_location="cpu", weights_only=True)
     assert ckpt["attnmel"]["config"]["model"]["name"] == "attnmel"
-    run = run_mod.load_run(trained)
+    run = rundir.load_run(trained)
     assert run.class_names == ["other", "melanoma"] and run.melanoma_index == 1
     # The same weights as the checkpoint's state dict, key for key.
     for k, v in run.model.state_dict().items():
@@ -98,7 +99,7 @@ def test_checkpoint_of_another_architecture_is_a_clear_error(trained, tmp_path):
     ckpt["attnmel"]["config"]["model"]["name"] = "mel_cnn"
     torch.save(ckpt, other / "checkpoints" / "best.ckpt")
     with pytest.raises(AttnMelError, match="best.ckpt: weights do not fit model 'mel_cnn'"):
-        run_mod.load_run(other)
+        rundir.load_run(other)
 
 
 @pytest.mark.parametrize("content", [b"", b"not a checkpoint at all", b"PK\x03\x04garbage"])
@@ -109,10 +110,10 @@ def test_corrupt_or_missing_checkpoint(trained, tmp_path, content):
     shutil.copytree(trained, bad)
     (bad / "checkpoints" / "best.ckpt").write_bytes(content)
     with pytest.raises(AttnMelError, match="best.ckpt: not a readable AttnMel checkpoint"):
-        run_mod.load_run(bad)
+        rundir.load_run(bad)
     (bad / "checkpoints" / "best.ckpt").unlink()
     with pytest.raises(AttnMelError, match="best.ckpt: checkpoint not found"):
-        run_mod.load_run(bad)
+        rundir.load_run(bad)
 
 
 def test_resume_repeats_an_uninterrupted_run(synthetic_root, tmp_path):

@@ -59,7 +59,9 @@ def read(root: str | Path, split: str, num_classes: int = 2, dataset: str = "isi
     if dermo_dir is not None:
         superpixels = list_suffixed(data_dir, "_superpixels", ".png")
         features = list_suffixed(dermo_dir, "_features", ".json")
-        dermo = {k: (features[k], superpixels[k]) for k in features.keys() & superpixels.keys()}
+        # A features JSON without its superpixel map keeps the map's expected path: opening it then names the
+        # missing file (data check lists it), instead of the pair vanishing in silence.
+        dermo = {k: (features[k], superpixels.get(k, data_dir / f"{k}_superpixels.png")) for k in features}
     class_names = BINARY_CLASSES if num_classes == 2 else CLASSES_3
     return assemble(dataset, split, class_names, labels, images, csv_path, data_dir, masks=masks, dermo=dermo,
                     unlabelled=images.keys() - labels.keys())

@@ -28,7 +28,9 @@ class Inspection:
     image_error: str | None = None
     mask_error: str | None = None
     mask_nonbinary: bool = False
+    mask_low: bool = False  # values above 1 but none above 128: thresholds to an empty mask
     dermo_error: str | None = None
+    size: tuple[int, int] = (0, 0)  # the image's (width, height)
 
     @property
     def ok(self) -> bool:
@@ -41,11 +43,15 @@ def inspect_sample(sample: Sample) -> Inspection:
         w, h = verify_image(sample.image)
     except AttnMelError as e:
         return Inspection(image_error=str(e))
-    out = Inspection()
+    out = Inspection(size=(w, h))
     if sample.mask is not None:
         try:
             m = load_mask_u8(sample.mask, expected_hw=(h, w))
             out.mask_nonbinary = bool(np.any((m != 0) & (m != 255)))
+            top = int(m.max()) if m.size else 0
+            out.mask_low = 1 < top <= 128
+            if top == 0:
+                out.mask_error = f"{sample.mask}: lesion mask is empty (no lesion pixel)"
         except AttnMelError as e:
             out.mask_error = str(e)
     if sample.dermo is not None:
