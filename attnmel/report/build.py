@@ -302,7 +302,7 @@ def build_report(run_dir: str | Path, split: str = "test", integrated_gradients:
     ``limit``: use the split's first ``limit`` images. ``reports_root``: where ``index.html`` listing all
     runs is rebuilt (None: not rebuilt). ``checks_options``: sizes of the checks beyond overlap
     (:func:`attnmel.report.checks.explanation_checks`: ``faithfulness_images``, ``faithfulness_steps``,
-    ``randomisation_images``). Returns the report's path.
+    ``randomisation_images``, ``randomisation_stages``). Returns the report's path.
     """
     from attnmel import config as config_mod
     from attnmel.data.datamodule import AttnMelDataModule
