@@ -73,6 +73,13 @@ def _dataset(root: Path) -> Path:
     return generate(root, n=N_TOTAL, size=IMAGE_SIZE, seed=0, spurious=False, progress=False)
 
 
+def _cpu_s() -> float:
+    import resource
+
+    u = resource.getrusage(resource.RUSAGE_SELF)
+    return u.ru_utime + u.ru_stime
+
+
 def run(out_json: Path, limit: int | None = None, integrated_gradients: bool = False,
         ig_images: int | None = None) -> dict:
     """Time the report over the 600-image test split (or its first ``limit`` images, extrapolated);
@@ -96,10 +103,10 @@ def run(out_json: Path, limit: int | None = None, integrated_gradients: bool = F
         dm = AttnMelDataModule(load_run(run_dir).cfg, progress=False)
         n_split = len(dm.dataset("test"))  # builds the preprocessing cache (once per dataset, like training)
         t_cache = time.perf_counter() - t0
-        t0 = time.perf_counter()
+        t0, cpu0 = time.perf_counter(), _cpu_s()
         build_report(run_dir, split="test", integrated_gradients=integrated_gradients, limit=limit,
                      reports_root=None)
-        wall = time.perf_counter() - t0
+        wall, cpu = time.perf_counter() - t0, _cpu_s() - cpu0
         metrics = json.loads((run_dir / "metrics.json").read_text(encoding="utf-8"))
         ig_timings = None
         if ig_images:
@@ -119,7 +126,7 @@ def _summary(rep: dict, n_split: int, wall: float, integrated_gradients: bool, s
     n = int(rep["n_images"])
     total = float(timings["total"])
     shares = {k: round(float(timings.get(k, 0.0)) / total, 4) for k in
-              ("inference", "attributions", "drawing", "scoring", "data", "load")}
+              ("inference", "attributions", "faithfulness", "randomisation", "drawing", "scoring", "data", "load")}
     per_image = sum(float(timings.get(k, 0.0)) for k in PER_IMAGE_PARTS)
     fixed = total - per_image
     projected = fixed + per_image * N_TEST / n if n else None
@@ -129,6 +136,9 @@ def _summary(rep: dict, n_split: int, wall: float, integrated_gradients: bool, s
         "n_images": n, "n_test_split": n_split, "image_size": IMAGE_SIZE,
         "integrated_gradients": integrated_gradients,
         "total_s": round(total, 2), "wall_s": round(wall, 2), "timings_s": timings, "shares": shares,
+        # CPU seconds of the report (user + system, every thread): on a busy machine, cpu_s / torch_threads
+        # estimates the wall time the same work takes on idle cores.
+        "cpu_s": round(cpu, 1), "cpu_s_per_thread": round(cpu / max(1, torch.get_num_threads()), 1),
         "per_image_s": round(per_image / n, 4) if n else None,
         "extrapolated": n != N_TEST,
         "total_s_600_images": round(projected, 1) if projected is not None else None,

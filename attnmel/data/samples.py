@@ -14,7 +14,9 @@ class Sample:
 
     ``mask`` is the binary lesion mask (PNG, 0/255). ``dermo`` is the ISIC 2017 Part 2 ground truth
     as a pair ``(features_json, superpixels_png)``, turned into the union mask of the four dermoscopic
-    features by :func:`attnmel.data.images.load_dermo_mask`.
+    features by :func:`attnmel.data.images.load_dermo_mask`. ``artefact`` is the binary artefact mask
+    (PNG, 0/255: the union of every artefact planted in the image, all zero when it has none), written by
+    the synthetic generator as ``ISIC-2017_<Split>_Artefact_GroundTruth/ISIC_<id>_artefact.png``.
     """
 
     image_id: str
@@ -23,6 +25,7 @@ class Sample:
     mask: Path | None = None
     dermo: tuple[Path, Path] | None = None
     group: str | None = None  # e.g. HAM10000 lesion_id: splits never separate a group
+    artefact: Path | None = None
 
 
 @dataclass
@@ -50,6 +53,11 @@ class DatasetIndex:
     @property
     def has_dermo(self) -> bool:
         return bool(self.samples) and all(s.dermo is not None for s in self.samples)
+
+    @property
+    def has_artefacts(self) -> bool:
+        """Every image of the split has an artefact mask (so shares of attention on artefacts are defined)."""
+        return bool(self.samples) and all(s.artefact is not None for s in self.samples)
 
     def labels(self) -> list[int]:
         return [s.label for s in self.samples]

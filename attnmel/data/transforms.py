@@ -203,18 +203,37 @@ def base_preprocess(image: np.ndarray, full_size: tuple[int, int], spec: BaseSpe
     R = spec.resize
     img = _crop_resize(image, box, (W, H), R, nearest=False)
 
-    def _mask(m: np.ndarray | None) -> np.ndarray | None:
-        if m is None:
-            return None
-        m8 = (np.asarray(m) > 0).astype(np.uint8)
-        return _crop_resize(m8, box, (W, H), R, nearest=True)
-
-    out_mask, out_dermo = _mask(mask), _mask(dermo)
+    out_mask, out_dermo = _resize_mask(mask, box, (W, H), R), _resize_mask(dermo, box, (W, H), R)
     if spec.crop_to_mask == "masked":
-        keep = out_mask if crop_mask is mask else _mask(crop_mask)
+        keep = out_mask if crop_mask is mask else _resize_mask(crop_mask, box, (W, H), R)
         if keep is not None and keep.any():  # empty: leave the image as is, like crop_box does
             img = img * keep[..., None]
     return img, out_mask, out_dermo
+
+
+def _resize_mask(m: np.ndarray | None, box: Box, full_wh: tuple[int, int], size: int) -> np.ndarray | None:
+    if m is None:
+        return None
+    m8 = (np.asarray(m) > 0).astype(np.uint8)
+    return _crop_resize(m8, box, full_wh, size, nearest=True)
+
+
+def base_mask(m: np.ndarray, full_size: tuple[int, int], spec: BaseSpec,
+              crop_mask: np.ndarray | None = None) -> np.ndarray:
+    """The base step of :func:`base_preprocess` on one more mask (e.g. the artefact mask): the same crop box
+    and nearest resize, and with ``crop_to_mask: masked`` zero where the image is zeroed (what is blanked
+    out of the image is no longer there to look at). ``crop_mask``: the mask the crop follows, as given to
+    :func:`base_preprocess`. Returns uint8 (R, R) in {0, 1}."""
+    W, H = full_size
+    if spec.crop_to_mask and crop_mask is None:
+        raise AttnMelError(f"data.crop_to_mask={spec.crop_to_mask} needs a mask for every image")
+    box = crop_box(W, H, spec, crop_mask)
+    out = _resize_mask(m, box, (W, H), spec.resize)
+    if spec.crop_to_mask == "masked":
+        keep = _resize_mask(crop_mask, box, (W, H), spec.resize)
+        if keep is not None and keep.any():
+            out = out * keep
+    return out
 
 
 # ---------------------------------------------------------------------------------------------- random

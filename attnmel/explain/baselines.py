@@ -73,3 +73,23 @@ def cam_maps(model: nn.Module, images: torch.Tensor, target: str | int = "predic
         return cams[torch.arange(x.shape[0], device=cams.device), idx].float().cpu()
     finally:
         model.train(was_training)
+
+
+RANDOM_MAP_STRIDE = 8  # the random map's grid: one value per 8 x 8 input pixels (pool-3's grid)
+
+
+def random_map(image_id: str, hw: tuple[int, int]) -> np.ndarray:
+    """A uniform-random map (h, w) float32 in [0, 1), the floor every method should beat.
+
+    Seeded by the image id (CRC-32), so an image gets the same map in every report, model and pass, whatever
+    else was drawn: it does not depend on the model at all.
+    """
+    import zlib
+
+    rng = np.random.default_rng(zlib.crc32(str(image_id).encode("utf-8")))
+    return rng.random((max(1, int(hw[0])), max(1, int(hw[1]))), dtype=np.float32)
+
+
+def random_map_hw(image_hw: tuple[int, int]) -> tuple[int, int]:
+    """The random map's size for an input of ``image_hw``."""
+    return max(1, int(image_hw[0]) // RANDOM_MAP_STRIDE), max(1, int(image_hw[1]) // RANDOM_MAP_STRIDE)

@@ -80,6 +80,7 @@ def method_label(method: str) -> tuple[str, str]:
         "gradcam": ("Grad-CAM (captum LayerGradCam)", "gradcam_layer (last conv block)"),
         "ig": ("Integrated Gradients (captum)", "input"),
         "blob": ("Centred Gaussian blob (baseline)", "—"),
+        "random": ("Uniform random map (floor)", "—"),
     }.get(method, (method, ""))
 
 
@@ -88,7 +89,8 @@ def short_label(method: str) -> str:
     m, layer = method_label(method)
     if method.startswith("attention:"):
         return f"attention {layer}"
-    return {"cam": "CAM", "gradcam": "Grad-CAM", "ig": "Int. Gradients", "blob": "blob"}.get(method, m)
+    return {"cam": "CAM", "gradcam": "Grad-CAM", "ig": "Int. Gradients", "blob": "blob",
+            "random": "random"}.get(method, m)
 
 
 def _slug(method: str) -> str:
@@ -203,7 +205,7 @@ class Collected:
 
 
 def _collect(model: nn.Module, loader, has_masks: bool, integrated_gradients: bool, root: Path) -> Collected:
-    from attnmel.explain.baselines import blob_maps
+    from attnmel.explain.baselines import blob_maps, random_map, random_map_hw
     from attnmel.explain.maps import attention_quality
 
     c = Collected()
@@ -249,6 +251,7 @@ def _collect(model: nn.Module, loader, has_masks: bool, integrated_gradients: bo
             masks = list((mk[:, 0] > 0.5).numpy())
             scored = {k: [v[i].astype(np.float32) for i in range(len(ids))] for k, v in maps.items()}
             scored["blob"] = blob_maps(masks)
+            scored["random"] = [random_map(i, random_map_hw(tuple(x.shape[-2:]))) for i in ids]
             rows = attention_quality(scored, masks, ids)["per_image"]
             # attention_quality lists each method's images in batch order.
             for j, r in enumerate(rows):
@@ -293,11 +296,13 @@ def _primary_method(methods: Sequence[str]) -> str:
 def build_report(run_dir: str | Path, split: str = "test", integrated_gradients: bool = False,
                  limit: int | None = None, *, reports_root: Path | None = Path("reports"),
                  runs_roots: Sequence[Path] = (Path("runs"), Path("sweeps")),
-                 gallery_size: int = GALLERY_SIZE) -> Path:
+                 gallery_size: int = GALLERY_SIZE, checks_options: dict[str, int] | None = None) -> Path:
     """Write ``RUN_DIR/report/index.html`` (+ ``figures/``) and the ``attention`` section of metrics.json.
 
     ``limit``: use the split's first ``limit`` images. ``reports_root``: where ``index.html`` listing all
-    runs is rebuilt (None: not rebuilt). Returns the report's path.
+    runs is rebuilt (None: not rebuilt). ``checks_options``: sizes of the checks beyond overlap
+    (:func:`attnmel.report.checks.explanation_checks`: ``faithfulness_images``, ``faithfulness_steps``,
+    ``randomisation_images``, ``randomisation_stages``). Returns the report's path.
     """
     from attnmel import config as config_mod
     from attnmel.data.datamodule import AttnMelDataModule
@@ -335,7 +340,7 @@ def build_report(run_dir: str | Path, split: str = "test", integrated_gradients:
     t_cls = time.perf_counter() - t0
 
     map_methods = list(c.maps[0].keys()) if c.maps else []
-    methods = map_methods + (["blob"] if has_masks else [])
+    methods = map_methods + (["blob", "random"] if has_masks else [])
     mean = _summarise(c.per_image, methods) if has_masks else {}
     primary = _primary_method(map_methods)
 
@@ -367,14 +372,22 @@ def build_report(run_dir: str | Path, split: str = "test", integrated_gradients:
                    and (score(primary, k, "energy_inside") or 0.0) < OUTSIDE_ENERGY]
         outside.sort(key=lambda k: (score(primary, k, "energy_inside") or 0.0, k))
 
+    # -- beyond overlap: artefacts, faithfulness, randomisation, intervals (attnmel.report.checks) ---------
+    from attnmel.report.checks import ChecksInput, explanation_checks
+
+    checks = explanation_checks(ChecksInput(model, ds, c.ids, labels, probs, c.maps, c.per_image,
+                                            [m for m in methods if m in mean], primary, split,
+                                            run.cfg["data"]["dataset"], integrated_gradients, short_label),
+                                run_dir / "report" / "figures", **(checks_options or {}))
+
     # -- drawing: each figure once ----------------------------------------------------------------------
     t0 = time.perf_counter()
     report_dir = run_dir / "report"
     fig_dir = report_dir / "figures"
-    written: set[Path] = set()
+    written: set[Path] = set(checks.figures)
     figs = _draw_metric_figures(fig_dir, cls, crv, run.class_names, mean, c, has_masks, written)
     drawn: dict[int, dict[str, Any]] = {}
-    wanted = [k for _, _, ks in groups for k in ks] + outside[:gallery_size]
+    wanted = [k for _, _, ks in groups for k in ks] + outside[:gallery_size] + checks.gallery[:gallery_size]
     for k in wanted:
         if k not in drawn:
             drawn[k] = _draw_case(fig_dir, used, k, c, dm.mean, dm.std, has_masks, written)
@@ -406,8 +419,9 @@ def build_report(run_dir: str | Path, split: str = "test", integrated_gradients:
     else:
         attention = {"available": False, "split": split, "n_images": n, "limit": limit, "reason": no_mask_reason,
                      "mean": {}, "per_image": []}
+    attention.update(checks.metrics)
 
-    timings = {"load": t_load, **c.timings, "classification": t_cls, "drawing": t_draw}
+    timings = {"load": t_load, **c.timings, "classification": t_cls, **checks.timings, "drawing": t_draw}
     ctx = dict(
         run=dict(name=run_dir.resolve().name, run_dir=str(run_dir), checkpoint=_rel(run.checkpoint, run_dir),
                  model=run.cfg["model"]["name"], pretrained=run.cfg["model"].get("pretrained"),
@@ -427,6 +441,8 @@ def build_report(run_dir: str | Path, split: str = "test", integrated_gradients:
         groups=[dict(key=g, title=t, cases=[{**case[k], **drawn[k]} for k in ks]) for g, t, ks in groups],
         outside=dict(n=len(outside), cases=[{**case[k], **drawn[k]} for k in outside[:gallery_size]],
                      more=[case[k] for k in outside[gallery_size:]]),
+        checks=dict(checks.ctx, artefact_cases=[{**case[k], **drawn[k]} for k in checks.gallery[:gallery_size]],
+                    artefact_more=[case[k] for k in checks.gallery[gallery_size:]]),
         timings={**timings, "total before writing the page": time.perf_counter() - t_start},
     )
     t0 = time.perf_counter()

@@ -21,9 +21,7 @@ import numpy as np
 from scipy.stats import norm, rankdata
 
 from attnmel.errors import AttnMelError
-
-DEFAULT_RESAMPLES = 2000
-DEFAULT_BOOTSTRAP_SEED = 0
+from attnmel.metrics.bootstrap import DEFAULT_BOOTSTRAP_SEED, DEFAULT_RESAMPLES, resample_indices
 
 
 def midrank(x: np.ndarray) -> np.ndarray:
@@ -131,21 +129,6 @@ class BootstrapResult:
     ci_high: float
     p_value: float
     n_resamples: int
-
-
-def resample_indices(n: int, n_resamples: int, seed: int, strata: np.ndarray | None = None) -> np.ndarray:
-    """(n_resamples, n) bootstrap index sets; with ``strata`` each stratum is resampled within itself."""
-    rng = np.random.default_rng(seed)
-    if strata is None:
-        return rng.integers(0, n, size=(n_resamples, n))
-    strata = np.asarray(strata)
-    out = np.empty((n_resamples, n), dtype=np.int64)
-    col = 0
-    for value in np.unique(strata):
-        members = np.flatnonzero(strata == value)
-        out[:, col:col + len(members)] = members[rng.integers(0, len(members), size=(n_resamples, len(members)))]
-        col += len(members)
-    return out
 
 
 def paired_bootstrap(values_a: np.ndarray, values_b: np.ndarray,

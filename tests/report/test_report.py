@@ -165,7 +165,7 @@ def test_metrics_json_gets_the_attention_section_with_per_image_rows(tiny_run):
     n = att["n_images"]
     assert n == m["classification"]["n_images"] == 19
     methods = set(att["mean"])
-    assert methods == {"attention:pool3", "attention:pool4", "gradcam", "blob"}
+    assert methods == {"attention:pool3", "attention:pool4", "gradcam", "blob", "random"}
     assert len(att["per_image"]) == n * len(methods)
     ids = {r["image_id"] for r in att["per_image"]}
     assert len(ids) == n

@@ -5,6 +5,7 @@ ROOT/ISIC-2017_<S>_Data/ISIC_<id>.jpg              (+ ISIC_<id>_superpixels.png,
 ROOT/ISIC-2017_<S>_Part1_GroundTruth/ISIC_<id>_segmentation.png
 ROOT/ISIC-2017_<S>_Part2_GroundTruth/ISIC_<id>_features.json
 ROOT/ISIC-2017_<S>_Part3_GroundTruth.csv           image_id,melanoma,seborrheic_keratosis (0.0/1.0)
+ROOT/ISIC-2017_<S>_Artefact_GroundTruth/ISIC_<id>_artefact.png   (synthetic sets only: artefact masks)
 ```
 with ``<S>`` = Training / Validation / Test_v2 (or Test).
 """
@@ -62,9 +63,12 @@ def read(root: str | Path, split: str, num_classes: int = 2, dataset: str = "isi
         # A features JSON without its superpixel map keeps the map's expected path: opening it then names the
         # missing file (data check lists it), instead of the pair vanishing in silence.
         dermo = {k: (features[k], superpixels.get(k, data_dir / f"{k}_superpixels.png")) for k in features}
+    # Not part of the ISIC release: the synthetic generator writes the ground truth of the artefacts it plants.
+    artefact_dir = find_dir(root, [f"ISIC-2017_{t}_Artefact_GroundTruth" for t in tags])
+    artefacts = list_suffixed(artefact_dir, "_artefact", ".png")
     class_names = BINARY_CLASSES if num_classes == 2 else CLASSES_3
     return assemble(dataset, split, class_names, labels, images, csv_path, data_dir, masks=masks, dermo=dermo,
-                    unlabelled=images.keys() - labels.keys())
+                    unlabelled=images.keys() - labels.keys(), artefacts=artefacts)
 
 
 def read_labels(csv_path: Path, num_classes: int) -> dict[str, int]:
