@@ -365,3 +365,28 @@ def test_cam_and_explain_batch(model_and_images) -> None:
     assert set(res["mean"]) == set(out.maps)
     with pytest.raises(AttnMelError):
         explain_batch(model, x, methods=("lime",))
+
+
+def test_batchnorm_folding_keeps_the_function_and_ig_and_leaves_the_model_alone(model_and_images) -> None:
+    from attnmel.explain.attributions import fold_batchnorm, ig_model
+
+    model, x = model_and_images
+    model.eval()
+    with torch.no_grad():  # non-trivial running statistics, so that folding has something to fold
+        model.stem[1].running_mean.uniform_(-0.5, 0.5)
+        model.stem[1].running_var.uniform_(0.5, 2.0)
+    folded = fold_batchnorm(model)
+    assert not any(isinstance(m, nn.BatchNorm2d) for m in folded.modules())
+    assert any(isinstance(m, nn.BatchNorm2d) for m in model.modules())
+    with torch.no_grad():
+        torch.testing.assert_close(folded(x).logits, model(x).logits, rtol=1e-5, atol=1e-5)
+    targets = torch.tensor([0, 1, 1])
+    plain = integrated_gradients_maps(model, x, targets, n_steps=8, precision="fp32", fold_bn=False)
+    fast = integrated_gradients_maps(model, x, targets, n_steps=8, precision="fp32")
+    torch.testing.assert_close(fast, plain, rtol=1e-4, atol=1e-5)
+    first = ig_model(model)
+    assert ig_model(model) is first  # prepared once per model
+    with torch.no_grad():
+        model.fc.bias.add_(1.0)  # new weights: a new copy
+    assert ig_model(model) is not first
+    assert all(p.requires_grad for p in model.parameters()) and next(model.parameters()).is_contiguous()

@@ -6,7 +6,8 @@ implementation that the report, ``attnmel predict`` and the bench use.
   records only the layers after ``gradcam_layer``.
 - :func:`cam_maps`: VGG-16-GAP's class activation maps of given classes.
 - :func:`integrated_gradients_maps`: captum ``IntegratedGradients`` with the training path's speed-ups (bf16
-  autocast where the hardware has bf16, channels-last, frozen parameters, interpolation steps batched).
+  autocast where the hardware has bf16, channels-last, frozen parameters, interpolation steps batched) and
+  BatchNorm folded into the convolutions.
 - :func:`explain_batch`: several of these at once, every class-specific method explaining the same target.
 
 Maps are (B, h, w) float tensors on the CPU, ready for :func:`attnmel.explain.maps.attention_quality`. The model
@@ -16,8 +17,10 @@ are restored afterwards.
 
 from __future__ import annotations
 
+import copy
 import numbers
 import time
+import weakref
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from typing import Any, Iterator, Sequence
@@ -104,20 +107,6 @@ def frozen(model: nn.Module) -> Iterator[None]:
             p.requires_grad_(f)
 
 
-@contextmanager
-def _channels_last(model: nn.Module, on: bool) -> Iterator[None]:
-    # The training path's memory format (trainer.channels_last), for the block only: a model that came in
-    # contiguous leaves contiguous, so later plain forwards see what they always saw.
-    if not on:
-        yield
-        return
-    model.to(memory_format=torch.channels_last)
-    try:
-        yield
-    finally:
-        model.to(memory_format=torch.contiguous_format)
-
-
 def _gradcam_layer(model: nn.Module) -> nn.Module:
     layer = getattr(model, "gradcam_layer", None)
     if not isinstance(layer, nn.Module):
@@ -196,15 +185,63 @@ def ig_autocast(precision: str, device: torch.device) -> bool:
     return precision == "bf16" or (precision == "auto" and has_fast_bf16(device))
 
 
+def fold_batchnorm(model: nn.Module) -> nn.Module:
+    """An eval-mode copy of ``model`` with every ``Conv2d`` followed by a ``BatchNorm2d`` (inside an
+    ``nn.Sequential``, as in the VGG backbones) fused into one convolution (torch's ``fuse_conv_bn_eval``).
+
+    In eval mode BatchNorm is a fixed per-channel affine map, so the fused network computes the same function
+    (to float rounding) while its forward and backward skip one full pass over every activation. Modules laid out
+    otherwise (ResNet/DenseNet blocks) are copied unchanged.
+    """
+    from torch.nn.utils.fusion import fuse_conv_bn_eval
+
+    folded = copy.deepcopy(model).eval()
+    for mod in folded.modules():
+        if not isinstance(mod, nn.Sequential):
+            continue
+        children = list(mod._modules.items())
+        for (name_a, a), (name_b, b) in zip(children, children[1:]):
+            if isinstance(a, nn.Conv2d) and isinstance(b, nn.BatchNorm2d) and b.track_running_stats:
+                mod._modules[name_a] = fuse_conv_bn_eval(a, b)
+                mod._modules[name_b] = nn.Identity()
+    return folded
+
+
+# model -> (its parameter/buffer versions, the prepared copy): the copy is rebuilt when the weights change.
+_IG_MODELS: "weakref.WeakKeyDictionary[nn.Module, tuple[tuple, nn.Module]]" = weakref.WeakKeyDictionary()
+
+
+def _state_signature(model: nn.Module) -> tuple:
+    return tuple((id(t), t._version) for t in (*model.parameters(), *model.buffers()))
+
+
+def ig_model(model: nn.Module, channels_last: bool = True) -> nn.Module:
+    """The copy of ``model`` that Integrated Gradients runs: BatchNorm folded (:func:`fold_batchnorm`), parameters
+    frozen (input gradients only), channels-last if asked. Cached per model until its weights change; the model
+    itself is never modified."""
+    key = (_state_signature(model), channels_last)
+    hit = _IG_MODELS.get(model)
+    if hit is not None and hit[0] == key:
+        return hit[1]
+    prepared = fold_batchnorm(model)
+    for p in prepared.parameters():
+        p.requires_grad_(False)
+    if channels_last:
+        prepared = prepared.to(memory_format=torch.channels_last)
+    _IG_MODELS[model] = (key, prepared)
+    return prepared
+
+
 def integrated_gradients_maps(model: nn.Module, images: torch.Tensor, targets: torch.Tensor,
                               n_steps: int = DEFAULT_IG_STEPS,
                               internal_batch_size: int | None = DEFAULT_IG_INTERNAL_BATCH,
-                              precision: str = "auto", channels_last: bool = True,
+                              precision: str = "auto", channels_last: bool = True, fold_bn: bool = True,
                               baseline: torch.Tensor | float = 0.0) -> torch.Tensor:
     """Integrated Gradients (B, H, W) of ``targets`` (B,): |attribution| summed over the colour channels.
 
-    captum's ``IntegratedGradients`` (Gauss-Legendre, ``n_steps`` points), run the way training runs: parameters
-    frozen (input gradients only), bf16 autocast where the hardware has bf16 (``precision``, see
+    captum's ``IntegratedGradients`` (Gauss-Legendre, ``n_steps`` points), run the way training runs plus what
+    only inference allows: parameters frozen (input gradients only), BatchNorm folded into the convolutions
+    (``fold_bn``, see :func:`ig_model`), bf16 autocast where the hardware has bf16 (``precision``, see
     :func:`ig_autocast`; the input and the attributions stay fp32), channels-last, and ``internal_batch_size``
     interpolated images (of all images of the batch) per forward/backward; ``None`` runs all B x n_steps at once.
     The default baseline 0 is, on normalised input, the dataset's mean colour (a "no lesion" image).
@@ -215,17 +252,24 @@ def integrated_gradients_maps(model: nn.Module, images: torch.Tensor, targets: t
         raise AttnMelError(f"integrated gradients needs n_steps >= 1; got {n_steps!r}")
     dev = device_of(model)
     bf16 = ig_autocast(precision, dev)
+    net = ig_model(model, channels_last) if fold_bn else model
 
     def forward(z: torch.Tensor) -> torch.Tensor:
         if channels_last:
             z = z.contiguous(memory_format=torch.channels_last)
         with torch.autocast(dev.type, dtype=torch.bfloat16) if bf16 else nullcontext():
-            return model(z).logits.float()
+            return net(z).logits.float()
 
-    with eval_mode(model), frozen(model), _channels_last(model, channels_last), torch.enable_grad():
-        x = images.to(dev)
-        attr = IntegratedGradients(forward).attribute(x, baselines=baseline, target=targets.to(dev), n_steps=n_steps,
-                                                      internal_batch_size=internal_batch_size)
+    with eval_mode(model), frozen(model), torch.enable_grad():
+        if not fold_bn and channels_last:
+            model.to(memory_format=torch.channels_last)
+        try:
+            x = images.to(dev)
+            attr = IntegratedGradients(forward).attribute(x, baselines=baseline, target=targets.to(dev),
+                                                          n_steps=n_steps, internal_batch_size=internal_batch_size)
+        finally:
+            if not fold_bn and channels_last:
+                model.to(memory_format=torch.contiguous_format)
     return attr.detach().float().abs().sum(dim=1).cpu()
 
 
@@ -238,6 +282,7 @@ class IGSettings:
     internal_batch_size: int | None = DEFAULT_IG_INTERNAL_BATCH
     precision: str = "auto"
     channels_last: bool = True
+    fold_bn: bool = True
 
 
 @dataclass
@@ -279,6 +324,6 @@ def explain_batch(model: nn.Module, images: torch.Tensor, methods: Sequence[str]
     if "ig" in methods:
         s = ig or IGSettings()
         maps["ig"] = integrated_gradients_maps(model, images, fr.targets, s.n_steps, s.internal_batch_size,
-                                               s.precision, s.channels_last)
+                                               s.precision, s.channels_last, s.fold_bn)
     timings["attributions"] += time.perf_counter() - t0
     return Explained(logits=fr.logits, targets=fr.targets, maps=maps, timings=timings)
