@@ -161,7 +161,26 @@ def run(out_json: Path, limit: int | None = None, integrated_gradients: bool = F
         if ig_images:
             build_report(run_dir, split="test", integrated_gradients=True, limit=ig_images, reports_root=None)
             ig_timings = json.loads((run_dir / "metrics.json").read_text(encoding="utf-8"))["report"]["timings_s"]
-    rep = metrics["report"]
+    out = summarise_timings(metrics["report"], n_split, integrated_gradients)
+    out["wall_s"] = round(wall, 2)
+    out["setup_s"] = {"generate_dataset": round(t_generate, 1), "build_cache": round(t_cache, 1)}
+    if ig_timings is not None and ig_images:
+        ig_per_image = float(ig_timings["attributions"]) / ig_images
+        out["integrated_gradients_estimate"] = {
+            "n_images": ig_images, "timings_s": ig_timings,
+            "attributions_per_image_s": round(ig_per_image, 3),
+            "total_s_600_images": round((out["total_s_600_images"] or 0.0) + ig_per_image * N_TEST, 1),
+            "note": "Integrated Gradients (32 steps) timed on a few images; projected = the report without it "
+                    "+ 600 x its per-image attribution time"}
+    n_ig = int(os.environ.get("ATTNMEL_BENCH_IG_IMAGES", "2"))
+    if n_ig > 0:
+        out["integrated_gradients_speed"] = ig_speed(n_ig)
+    write_json(out_json, out)
+    return out
+
+
+def summarise_timings(rep: dict, n_split: int, integrated_gradients: bool) -> dict:
+    """The bench's figures from a report's ``metrics.json["report"]``: shares, per image, projected to 600."""
     timings = rep["timings_s"]
     n = int(rep["n_images"])
     total = float(timings["total"])
@@ -175,13 +194,12 @@ def run(out_json: Path, limit: int | None = None, integrated_gradients: bool = F
                 f"images at {IMAGE_SIZE} px, Integrated Gradients {'on' if integrated_gradients else 'off'}",
         "n_images": n, "n_test_split": n_split, "image_size": IMAGE_SIZE,
         "integrated_gradients": integrated_gradients,
-        "total_s": round(total, 2), "wall_s": round(wall, 2), "timings_s": timings, "shares": shares,
+        "total_s": round(total, 2), "timings_s": timings, "shares": shares,
         "per_image_s": round(per_image / n, 4) if n else None,
         "extrapolated": n != N_TEST,
         "total_s_600_images": round(projected, 1) if projected is not None else None,
         "target_s": TARGET_S,
         "meets_target": bool(projected is not None and projected < TARGET_S),
-        "setup_s": {"generate_dataset": round(t_generate, 1), "build_cache": round(t_cache, 1)},
         "machine": {"cpus": os.cpu_count(), "torch_threads": torch.get_num_threads(),
                     "platform": platform.platform(), "torch": torch.__version__,
                     "load_average": list(os.getloadavg()) if hasattr(os, "getloadavg") else None},
@@ -189,16 +207,4 @@ def run(out_json: Path, limit: int | None = None, integrated_gradients: bool = F
     if out["extrapolated"]:
         out["note"] = (f"timed over the first {n} of {n_split} test images; data, inference, attributions and "
                        f"scoring scaled linearly to {N_TEST}, the rest (load, drawing, render) kept as measured")
-    if ig_timings is not None and ig_images:
-        ig_per_image = float(ig_timings["attributions"]) / ig_images
-        out["integrated_gradients_estimate"] = {
-            "n_images": ig_images, "timings_s": ig_timings,
-            "attributions_per_image_s": round(ig_per_image, 3),
-            "total_s_600_images": round((projected or 0.0) + ig_per_image * N_TEST, 1),
-            "note": "Integrated Gradients (32 steps) timed on a few images; projected = the report without it "
-                    "+ 600 x its per-image attribution time"}
-    n_ig = int(os.environ.get("ATTNMEL_BENCH_IG_IMAGES", "2"))
-    if n_ig > 0:
-        out["integrated_gradients_speed"] = ig_speed(n_ig)
-    write_json(out_json, out)
     return out

@@ -3,7 +3,7 @@
 ISIC JPEGs are up to several thousand pixels a side; decoding them every epoch dominates a CPU run. One
 pass decodes every image of a split (JPEGs in draft mode, at the smallest power-of-two reduction that still
 leaves ``resize`` pixels across the crop), applies the base step of :mod:`attnmel.data.transforms` and
-writes ``images.npy`` (N, R, R, 3), ``masks.npy`` / ``dermo.npy`` (N, R, R) into a folder under
+writes ``images.npy`` (N, R, R, 3), ``masks.npy`` / ``dermo.npy`` / ``artefact.npy`` (N, R, R) into a folder under
 ``data.cache_dir`` that later runs open with ``mmap_mode="r"``.
 
 The folder name carries a hash of the dataset, split, base spec and every source file's path, size and
@@ -35,7 +35,7 @@ import numpy as np
 
 from attnmel.data.images import image_size, load_dermo_mask, load_image, load_mask
 from attnmel.data.samples import Sample
-from attnmel.data.transforms import BaseSpec, base_preprocess, crop_box, draft_min_side
+from attnmel.data.transforms import BaseSpec, base_preprocess, crop_box, crop_resize, draft_min_side
 from attnmel.errors import AttnMelError, file_error
 
 log = logging.getLogger("attnmel.data")
@@ -64,10 +64,11 @@ class SourceFiles:
     crop_mask: Path | None = None
     crop_mask_predicted: bool = False
     dermo: tuple[Path, Path] | None = None
+    artefact: Path | None = None  # artefact mask (synthetic shortcut benchmark), same geometry as ``mask``
 
     def files(self) -> list[Path]:
         out = [self.image]
-        for p in (self.mask, self.crop_mask):
+        for p in (self.mask, self.crop_mask, self.artefact):
             if p is not None:
                 out.append(p)
         if self.dermo is not None:
@@ -108,7 +109,7 @@ def resolve_sources(samples: Sequence[Sample], masks_dir: str | Path | None = No
             raise file_error(s.image, f"data.crop_to_mask={spec.crop_to_mask} needs a lesion mask for "
                                       f"{s.image_id} and there is none{where}")
         out.append(SourceFiles(s.image_id, Path(s.image), mask, mask_pred, crop if spec and spec.crop_to_mask else None,
-                               crop_pred, s.dermo))
+                               crop_pred, s.dermo, s.artefact))
     return out
 
 
@@ -145,6 +146,19 @@ def load_preprocessed(src: SourceFiles, spec: BaseSpec) -> Arrays:
                            crop_mask=crop if spec.crop_to_mask else None)
 
 
+def load_artefact(src: SourceFiles, spec: BaseSpec) -> np.ndarray | None:
+    """The artefact mask through the base step, uint8 (R, R) in {0, 1} (nearest, exactly the image's crop and
+    resize), or None without one."""
+    if src.artefact is None:
+        return None
+    W, H = image_size(src.image)
+    crop = None
+    if spec.crop_to_mask and src.crop_mask is not None:
+        crop = _load_any_mask(src.crop_mask, src.crop_mask_predicted, W, H)
+    art = (load_mask(src.artefact, expected_hw=(H, W)) > 0).astype(np.uint8)
+    return crop_resize(art, crop_box(W, H, spec, crop), (W, H), (spec.resize, spec.resize), nearest=True)
+
+
 class DecodeSource:
     """Uncached base arrays: decodes and preprocesses on every access (``data.cache: false``)."""
 
@@ -152,9 +166,14 @@ class DecodeSource:
         self.sources, self.spec = list(sources), spec
         self.has_mask = np.array([s.mask is not None for s in self.sources], dtype=bool)
         self.has_dermo = np.array([s.dermo is not None for s in self.sources], dtype=bool)
+        self.has_artefact = np.array([s.artefact is not None for s in self.sources], dtype=bool)
 
     def __len__(self) -> int:
         return len(self.sources)
+
+    def get_artefact(self, i: int) -> np.ndarray | None:
+        """Item ``i``'s base artefact mask (R, R) or None."""
+        return load_artefact(self.sources[i], self.spec)
 
     def get(self, i: int) -> Arrays:
         return load_preprocessed(self.sources[i], self.spec)
@@ -180,7 +199,9 @@ def cache_keys(dataset: str, split: str, sources: Sequence[SourceFiles], spec: B
     ident_items, key_items = [], []
     for s in sources:
         paths = [str(p.resolve()) for p in s.files()]
-        flags = [s.mask is not None, s.mask_predicted, s.crop_mask is not None, s.dermo is not None]
+        # An artefact flag only where there is one: caches of sets without artefacts keep their keys.
+        flags = [s.mask is not None, s.mask_predicted, s.crop_mask is not None, s.dermo is not None] + \
+            ([True] if s.artefact is not None else [])
         ident_items.append([s.image_id, paths, flags])
         key_items.append([s.image_id, paths, flags, [_stat(p) for p in s.files()]])
     ident = hashlib.sha256(json.dumps({**head, "items": ident_items}).encode()).hexdigest()
@@ -204,6 +225,7 @@ class PreprocessCache:
         self.ids: list[str] = list(meta["ids"])
         self.has_mask = np.array(meta["has_mask"], dtype=bool)
         self.has_dermo = np.array(meta["has_dermo"], dtype=bool)
+        self.has_artefact = np.array(meta.get("has_artefact") or [False] * self.n, dtype=bool)
         self._arrays: dict[str, np.ndarray] | None = None
         # Mapped now: forked DataLoader workers inherit the mapping, which stays readable even if a
         # later run replaces this cache (a source file changed) while this one is still training.
@@ -219,10 +241,10 @@ class PreprocessCache:
         return state
 
     def arrays(self) -> dict[str, np.ndarray]:
-        """``{"images", "masks"?, "dermo"?}`` as read-only memmaps."""
+        """``{"images", "masks"?, "dermo"?, "artefact"?}`` as read-only memmaps."""
         if self._arrays is None:
             arrs = {"images": np.load(self.path / "images.npy", mmap_mode="r")}
-            for name in ("masks", "dermo"):
+            for name in ("masks", "dermo", "artefact"):
                 if (self.path / f"{name}.npy").exists():
                     arrs[name] = np.load(self.path / f"{name}.npy", mmap_mode="r")
             self._arrays = arrs
@@ -234,6 +256,10 @@ class PreprocessCache:
         mask = np.array(a["masks"][i]) if self.has_mask[i] else None
         dermo = np.array(a["dermo"][i]) if self.has_dermo[i] else None
         return img, mask, dermo
+
+    def get_artefact(self, i: int) -> np.ndarray | None:
+        """Item ``i``'s base artefact mask (R, R) or None."""
+        return np.array(self.arrays()["artefact"][i]) if self.has_artefact[i] else None
 
 
 def _open_valid(path: Path, key: str) -> PreprocessCache | None:
@@ -248,6 +274,8 @@ def _open_valid(path: Path, key: str) -> PreprocessCache | None:
             shapes["masks"] = (n, R, R)
         if any(meta["has_dermo"]):
             shapes["dermo"] = (n, R, R)
+        if any(meta.get("has_artefact") or []):
+            shapes["artefact"] = (n, R, R)
         for name, shape in shapes.items():
             arr = np.load(path / f"{name}.npy", mmap_mode="r")
             if arr.shape != shape or arr.dtype != np.uint8:
@@ -400,24 +428,29 @@ def _build(tmp: Path, dataset: str, split: str, sources: list[SourceFiles], spec
     images = open_memmap(tmp / "images.npy", mode="w+", dtype=np.uint8, shape=(n, R, R, 3))
     masks = open_memmap(tmp / "masks.npy", mode="w+", dtype=np.uint8, shape=(n, R, R)) if any(has_mask) else None
     dermo = open_memmap(tmp / "dermo.npy", mode="w+", dtype=np.uint8, shape=(n, R, R)) if any(has_dermo) else None
+    has_artefact = [s.artefact is not None for s in sources]
+    artefact = open_memmap(tmp / "artefact.npy", mode="w+", dtype=np.uint8, shape=(n, R, R)) \
+        if any(has_artefact) else None
     t0 = time.perf_counter()
     prog, task = _progress(progress, f"caching {dataset} {split} ({n} images, {R}px)", n)
     with prog:
-        results = ordered_map(lambda s: load_preprocessed(s, spec), sources, workers)
-        for i, (img, m, d) in enumerate(results):
+        results = ordered_map(lambda s: (*load_preprocessed(s, spec), load_artefact(s, spec)), sources, workers)
+        for i, (img, m, d, a) in enumerate(results):
             images[i] = img
             if m is not None:
                 masks[i] = m
             if d is not None:
                 dermo[i] = d
+            if a is not None:
+                artefact[i] = a
             prog.advance(task)
-    for arr in (images, masks, dermo):
+    for arr in (images, masks, dermo, artefact):
         if arr is not None:
             arr.flush()
-    del images, masks, dermo
+    del images, masks, dermo, artefact
     meta = {"version": CACHE_VERSION, "key": key, "dataset": dataset, "split": split, "n": n, "resize": R,
             "spec": spec.as_dict(), "ids": [s.image_id for s in sources], "has_mask": has_mask,
-            "has_dermo": has_dermo, "build_seconds": round(time.perf_counter() - t0, 3), "complete": True}
+            "has_dermo": has_dermo, "has_artefact": has_artefact, "build_seconds": round(time.perf_counter() - t0, 3), "complete": True}
     # meta.json last: a folder without it is never trusted (see _open_valid).
     (tmp / "meta.json").write_text(json.dumps(meta), encoding="utf-8")
     log.info("cached %s %s: %d images in %.1fs", dataset, split, n, meta["build_seconds"])

@@ -2,7 +2,8 @@
 
 Batches (see docs/DESIGN.md): ``image`` float (B, 3, H, W) normalised; ``label`` long (B,); ``mask`` float
 (B, 1, H, W) in {0, 1} when every image of the split has a lesion mask (the dataset's, or a predicted one
-from ``data.masks``); ``dermo`` likewise for dermoscopic-feature masks; ``image_id`` list[str]; ``index``
+from ``data.masks``); ``dermo`` likewise for dermoscopic-feature masks; ``artefact`` likewise for artefact masks
+(the synthetic shortcut benchmark); ``image_id`` list[str]; ``index``
 long (B,) into the split's samples. Prediction batches (:meth:`AttnMelDataModule.predict_dataset`) have no
 ``label``.
 
@@ -128,10 +129,11 @@ class AttnMelDataset(Dataset):
 
     def __init__(self, index: DatasetIndex, source: PreprocessCache | DecodeSource,
                  transform: TrainTransform | EvalTransform, rows: Sequence[int] | None = None,
-                 with_mask: bool = False, with_dermo: bool = False, seed: int = 0) -> None:
+                 with_mask: bool = False, with_dermo: bool = False, seed: int = 0,
+                 with_artefact: bool = False) -> None:
         self.index, self.source, self.transform = index, source, transform
         self.rows = np.asarray(rows if rows is not None else range(len(index.samples)), dtype=np.int64)
-        self.with_mask, self.with_dermo = with_mask, with_dermo
+        self.with_mask, self.with_dermo, self.with_artefact = with_mask, with_dermo, with_artefact
         self.seed = int(seed)
         self._gen: torch.Generator | None = None
 
@@ -164,6 +166,8 @@ class AttnMelDataset(Dataset):
             masks["mask"] = mask
         if self.with_dermo:
             masks["dermo"] = dermo
+        if self.with_artefact:
+            masks["artefact"] = self.source.get_artefact(i)
         out = self.transform(img, masks, generator=gen)
         sample = self.index.samples[i]
         out["label"] = torch.tensor(sample.label, dtype=torch.long)
@@ -362,7 +366,8 @@ class AttnMelDataModule(pl.LightningDataModule):
             rows = None
             transform = EvalTransform(self.image_size, self.mean, self.std)
         ds = AttnMelDataset(index, source, transform, rows, with_mask=with_mask, with_dermo=with_dermo,
-                            seed=self.seed + (0 if train else 1))
+                            seed=self.seed + (0 if train else 1),
+                            with_artefact=bool(sources) and all(s.artefact is not None for s in sources))
         self._datasets[name] = ds
         return ds
 

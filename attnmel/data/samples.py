@@ -14,7 +14,8 @@ class Sample:
 
     ``mask`` is the binary lesion mask (PNG, 0/255). ``dermo`` is the ISIC 2017 Part 2 ground truth
     as a pair ``(features_json, superpixels_png)``, turned into the union mask of the four dermoscopic
-    features by :func:`attnmel.data.images.load_dermo_mask`.
+    features by :func:`attnmel.data.images.load_dermo_mask`. ``artefact`` is the binary mask (PNG, 0/255) of every
+    artefact planted in the image (the synthetic shortcut benchmark), all zero when it has none.
     """
 
     image_id: str
@@ -23,6 +24,7 @@ class Sample:
     mask: Path | None = None
     dermo: tuple[Path, Path] | None = None
     group: str | None = None  # e.g. HAM10000 lesion_id: splits never separate a group
+    artefact: Path | None = None
 
 
 @dataclass
@@ -46,6 +48,11 @@ class DatasetIndex:
     @property
     def has_masks(self) -> bool:
         return bool(self.samples) and all(s.mask is not None for s in self.samples)
+
+    @property
+    def has_artefacts(self) -> bool:
+        """Every sample has an artefact mask (the report then measures attention on artefacts)."""
+        return bool(self.samples) and all(s.artefact is not None for s in self.samples)
 
     @property
     def has_dermo(self) -> bool:

@@ -230,13 +230,14 @@ def _examples(ids: list[str], k: int = 3) -> str:
 def assemble(dataset: str, split: str, class_names: list[str], labels: Mapping[str, int],
              images: Mapping[str, Path], label_file: Path, image_dir: Path,
              masks: Mapping[str, Path] | None = None, dermo: Mapping[str, tuple[Path, Path]] | None = None,
-             groups: Mapping[str, str] | None = None, unlabelled: Iterable[str] = ()) -> DatasetIndex:
+             groups: Mapping[str, str] | None = None, unlabelled: Iterable[str] = (),
+             artefacts: Mapping[str, Path] | None = None) -> DatasetIndex:
     """Join labels, images and masks by id into a :class:`DatasetIndex`, sorted by id.
 
     A labelled id without an image and an image without a label (``unlabelled``: the caller decides which
     images belong to this split) are skipped with one summary warning each, never shifted into place.
     """
-    masks, dermo, groups = masks or {}, dermo or {}, groups or {}
+    masks, dermo, groups, artefacts = masks or {}, dermo or {}, groups or {}, artefacts or {}
     samples: list[Sample] = []
     skipped: list[tuple[str, str]] = []
     no_image: list[str] = []
@@ -246,7 +247,8 @@ def assemble(dataset: str, split: str, class_names: list[str], labels: Mapping[s
             no_image.append(key)
             skipped.append((key, f"{NO_IMAGE}: listed in {label_file.name}, no image in {image_dir.name}/"))
             continue
-        samples.append(Sample(key, path, int(labels[key]), masks.get(key), dermo.get(key), groups.get(key)))
+        samples.append(Sample(key, path, int(labels[key]), masks.get(key), dermo.get(key), groups.get(key),
+                              artefacts.get(key)))
     if no_image:
         log.warning("%s: %d labelled image(s) of the %s split not found in %s (%s); skipped",
                     label_file, len(no_image), split, image_dir, _examples(no_image))

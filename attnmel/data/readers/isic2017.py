@@ -5,6 +5,7 @@ ROOT/ISIC-2017_<S>_Data/ISIC_<id>.jpg              (+ ISIC_<id>_superpixels.png,
 ROOT/ISIC-2017_<S>_Part1_GroundTruth/ISIC_<id>_segmentation.png
 ROOT/ISIC-2017_<S>_Part2_GroundTruth/ISIC_<id>_features.json
 ROOT/ISIC-2017_<S>_Part3_GroundTruth.csv           image_id,melanoma,seborrheic_keratosis (0.0/1.0)
+ROOT/ISIC-2017_<S>_Artefact_GroundTruth/ISIC_<id>_artefact.png   (synthetic shortcut benchmark only, optional)
 ```
 with ``<S>`` = Training / Validation / Test_v2 (or Test).
 """
@@ -60,9 +61,11 @@ def read(root: str | Path, split: str, num_classes: int = 2, dataset: str = "isi
         superpixels = list_suffixed(data_dir, "_superpixels", ".png")
         features = list_suffixed(dermo_dir, "_features", ".json")
         dermo = {k: (features[k], superpixels[k]) for k in features.keys() & superpixels.keys()}
+    artefacts = list_suffixed(find_dir(root, [f"ISIC-2017_{t}_Artefact_GroundTruth" for t in tags]), "_artefact",
+                              ".png")
     class_names = BINARY_CLASSES if num_classes == 2 else CLASSES_3
     return assemble(dataset, split, class_names, labels, images, csv_path, data_dir, masks=masks, dermo=dermo,
-                    unlabelled=images.keys() - labels.keys())
+                    unlabelled=images.keys() - labels.keys(), artefacts=artefacts)
 
 
 def read_labels(csv_path: Path, num_classes: int) -> dict[str, int]:
