@@ -54,12 +54,16 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("run_dir", type=Path)
     pr.add_argument("images", nargs="+", type=Path)
     pr.add_argument("--overlay", type=Path, metavar="DIR", help="write a PNG per image with its attention maps")
+    pr.add_argument("--overlay-size", type=int, default=1024, metavar="PX",
+                    help="long side of each overlay panel in pixels (default 1024; smaller originals keep theirs)")
 
     r = sub.add_parser("report", help="HTML attention-quality report of a run")
     r.add_argument("run_dir", type=Path)
     r.add_argument("--split", default="test", choices=["val", "test"])
     r.add_argument("--ig", action="store_true", help="also compute Integrated Gradients (slow)")
     r.add_argument("--limit", type=int, default=None, help="use at most this many images")
+    r.add_argument("--overlay-size", type=int, default=1024, metavar="PX",
+                   help="long side of each gallery panel in pixels (default 1024; smaller originals keep theirs)")
 
     sw = sub.add_parser("sweep", help="run an ablation sweep: arms x seeds, then the summary")
     sw.add_argument("sweep_file", type=Path)
@@ -167,12 +171,14 @@ def dispatch(args: argparse.Namespace) -> int | None:
     if args.cmd == "predict":
         from attnmel.train.predict import predict_images
 
-        predict_images(args.run_dir, _expand_images(args.images), overlay_dir=args.overlay)
+        predict_images(args.run_dir, _expand_images(args.images), overlay_dir=args.overlay,
+                       overlay_size=args.overlay_size)
         return 0
     if args.cmd == "report":
         from attnmel.report.build import build_report
 
-        path = build_report(args.run_dir, split=args.split, integrated_gradients=args.ig, limit=args.limit)
+        path = build_report(args.run_dir, split=args.split, integrated_gradients=args.ig, limit=args.limit,
+                            overlay_size=args.overlay_size)
         print(f"report: {path}")
         return 0
     if args.cmd == "sweep":

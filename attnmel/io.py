@@ -1,10 +1,14 @@
-"""Crash-safe writes: every output goes to a temporary name in the same folder, then is renamed."""
+"""Crash-safe writes: every output goes to a temporary name in the same folder, then is renamed; a folder of
+outputs (a report) is built under a temporary name beside its final one and swapped in whole."""
 
 from __future__ import annotations
 
 import json
 import os
+import shutil
 import tempfile
+import time
+import uuid
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator
@@ -39,6 +43,53 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     finally:
         if tmp_path.exists():
             tmp_path.unlink()
+
+
+_STALE_BUILD_S = 24 * 3600  # a temporary folder this old is a leftover of a killed build, not a live one
+
+
+def _clear_leftovers(path: Path) -> None:
+    now = time.time()
+    for p in path.parent.glob(f".{path.name}.old-*"):
+        shutil.rmtree(p, ignore_errors=True)
+    for p in path.parent.glob(f".{path.name}.tmp-*"):
+        try:
+            if now - p.stat().st_mtime > _STALE_BUILD_S:
+                shutil.rmtree(p, ignore_errors=True)
+        except OSError:
+            pass
+
+
+@contextmanager
+def atomic_dir(path: str | Path) -> Iterator[Path]:
+    """Yield an empty temporary folder beside ``path``; on success it replaces the folder ``path`` whole.
+
+    Until the block has finished, ``path`` keeps its previous content untouched; on an exception (or a kill) the
+    temporary folder is removed (or left under a hidden ``.<name>.tmp-*`` name, cleared a day later), so a
+    reader never sees files of two builds mixed. The swap is two renames on the same filesystem: the old folder
+    aside, the new one in.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    _clear_leftovers(path)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-", dir=path.parent))
+    os.chmod(tmp, 0o777 & ~_UMASK)  # mkdtemp makes 0700; outputs get the usual permissions
+    try:
+        yield tmp
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    old = path.parent / f".{path.name}.old-{uuid.uuid4().hex[:8]}"
+    try:
+        if path.exists():
+            os.replace(path, old)
+        os.replace(tmp, path)
+    except BaseException:
+        if old.exists() and not path.exists():
+            os.replace(old, path)  # put the previous folder back
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    shutil.rmtree(old, ignore_errors=True)
 
 
 def write_text(path: str | Path, text: str) -> None:

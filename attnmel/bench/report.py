@@ -8,6 +8,12 @@ the share spent in inference, attributions and drawing. Target: under 10 minutes
 ``ATTNMEL_BENCH_REPORT_LIMIT=<n>`` times the report over the first n test images only and extrapolates the
 per-image parts linearly to 600 (the JSON says so). ``ATTNMEL_BENCH_REPORT_IG=<n>`` also times a report with
 Integrated Gradients over n images and projects it to 600 (``integrated_gradients_estimate``).
+
+:func:`ig_speed` (``integrated_gradients_speed`` in the JSON) times Integrated Gradients per image at 224 px as
+the report ran it before (fp32, contiguous, BatchNorm unfolded, 32 interpolated images per pass) against today's
+settings (:func:`attnmel.explain.attributions.integrated_gradients_maps` defaults), alternating the two per image
+so that both see the same machine load, and gives the Spearman rank correlation of bf16 maps with fp32 ones.
+``ATTNMEL_BENCH_IG_IMAGES=<n>`` (default 2) sets the images timed; 0 skips it.
 """
 
 from __future__ import annotations
@@ -78,6 +84,54 @@ def _cpu_s() -> float:
 
     u = resource.getrusage(resource.RUSAGE_SELF)
     return u.ru_utime + u.ru_stime
+LEGACY_IG = {"precision": "fp32", "channels_last": False, "fold_bn": False, "internal_batch_size": 32}
+
+
+def ig_speed(n_images: int = 2, size: int = IMAGE_SIZE, width: float = 1.0, n_steps: int = 32,
+             corr_steps: int = 8, seed: int = 0) -> dict:
+    """Seconds per image of Integrated Gradients, the report's former settings vs the current defaults, and the
+    rank agreement of bf16 with fp32 maps, on an untrained AttnMel-CNN (``width``) and random ``size``-px images."""
+    import numpy as np
+    from scipy.stats import spearmanr
+
+    from attnmel.explain.attributions import ig_autocast, integrated_gradients_maps
+    from attnmel.models import build_model
+
+    torch.manual_seed(seed)
+    model = build_model({"name": "attnmel", "pretrained": "none", "width": width}, 2).eval()
+    x = torch.randn(n_images, 3, size, size, generator=torch.Generator().manual_seed(seed))
+    t = torch.ones(n_images, dtype=torch.long)
+    times: dict[str, list[float]] = {"before": [], "now": []}
+    maps: dict[str, list[torch.Tensor]] = {"before": [], "now": []}
+    for kw in (LEGACY_IG, {}):  # warm-up: oneDNN picks and caches its kernels on the first call of each
+        integrated_gradients_maps(model, x[:1], t[:1], n_steps=1, **kw)
+    for i in range(n_images):  # alternated, so that a change of machine load hits both alike
+        for name, kw in (("before", LEGACY_IG), ("now", {})):
+            t0 = time.perf_counter()
+            maps[name].append(integrated_gradients_maps(model, x[i:i + 1], t[i:i + 1], n_steps=n_steps, **kw))
+            times[name].append(time.perf_counter() - t0)
+    fp32 = integrated_gradients_maps(model, x[:1], t[:1], n_steps=corr_steps, precision="fp32")
+    t0 = time.perf_counter()
+    bf16 = integrated_gradients_maps(model, x[:1], t[:1], n_steps=corr_steps, precision="bf16")
+    bf16_s = time.perf_counter() - t0
+    before, now = float(np.mean(times["before"])), float(np.mean(times["now"]))
+    same = max(float((a - b).abs().max() / a.abs().max()) for a, b in zip(maps["before"], maps["now"]))
+    return {
+        "what": f"Integrated Gradients ({n_steps} steps) per image at {size} px, untrained AttnMel-CNN width "
+                f"{width}, random input; before = {LEGACY_IG}, now = the defaults (BatchNorm folded, channels-last, "
+                f"16 per pass, bf16 autocast where the CPU has bf16)",
+        "n_images": n_images, "before_s_per_image": round(before, 2), "now_s_per_image": round(now, 2),
+        "speedup": round(before / now, 2) if now else None,
+        "now_uses_bf16": ig_autocast("auto", torch.device("cpu")),
+        "max_relative_difference_now_vs_before": same,
+        "bf16_vs_fp32": {"n_steps": corr_steps,
+                         "spearman": float(spearmanr(fp32.flatten().numpy(), bf16.flatten().numpy()).statistic),
+                         "bf16_s": round(bf16_s, 2),
+                         "note": "bf16 autocast on this CPU" + ("" if ig_autocast("auto", torch.device("cpu"))
+                                                                 else " is emulated (no bf16 units): slower, same "
+                                                                      "rounding")},
+        "per_image_s": {k: [round(v, 2) for v in vs] for k, vs in times.items()},
+    }
 
 
 def run(out_json: Path, limit: int | None = None, integrated_gradients: bool = False,
@@ -112,14 +166,17 @@ def run(out_json: Path, limit: int | None = None, integrated_gradients: bool = F
         if ig_images:
             build_report(run_dir, split="test", integrated_gradients=True, limit=ig_images, reports_root=None)
             ig_timings = json.loads((run_dir / "metrics.json").read_text(encoding="utf-8"))["report"]["timings_s"]
-    out = _summary(metrics["report"], n_split, wall, integrated_gradients,
+    out = _summary(metrics["report"], n_split, wall, cpu, integrated_gradients,
                    {"generate_dataset": round(t_generate, 1), "build_cache": round(t_cache, 1)},
                    ig_timings, ig_images)
+    n_ig = int(os.environ.get("ATTNMEL_BENCH_IG_IMAGES", "2"))
+    if n_ig > 0:
+        out["integrated_gradients_speed"] = ig_speed(n_ig)
     write_json(out_json, out)
     return out
 
 
-def _summary(rep: dict, n_split: int, wall: float, integrated_gradients: bool, setup_s: dict[str, float],
+def _summary(rep: dict, n_split: int, wall: float, cpu: float, integrated_gradients: bool, setup_s: dict[str, float],
              ig_timings: dict | None, ig_images: int | None) -> dict:
     """The bench's JSON from the report's own timings, with the projection to the 600-image split."""
     timings = rep["timings_s"]

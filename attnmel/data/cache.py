@@ -489,7 +489,8 @@ def _build(tmp: Path, dataset: str, split: str, sources: list[SourceFiles], spec
     del images, masks, dermo, artefacts
     meta = {"version": CACHE_VERSION, "key": key, "dataset": dataset, "split": split, "n": n, "resize": R,
             "spec": spec.as_dict(), "ids": [s.image_id for s in sources], "has_mask": has_mask,
-            "has_dermo": has_dermo, "has_artefact": has_artefact, "build_seconds": round(time.perf_counter() - t0, 3), "complete": True}
+            "has_dermo": has_dermo, "has_artefact": has_artefact,
+            "build_seconds": round(time.perf_counter() - t0, 3), "complete": True}
     # meta.json last: a folder without it is never trusted (see _open_valid).
     (tmp / "meta.json").write_text(json.dumps(meta), encoding="utf-8")
     log.info("cached %s %s: %d images in %.1fs", dataset, split, n, meta["build_seconds"])

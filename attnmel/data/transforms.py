@@ -176,13 +176,47 @@ def _scaled_box(box: Box, full_wh: tuple[int, int], arr_wh: tuple[int, int]) -> 
     return (box[0] * sx, box[1] * sy, box[2] * sx, box[3] * sy)
 
 
-def _crop_resize(arr: np.ndarray, box: Box, full_wh: tuple[int, int], size: int, nearest: bool) -> np.ndarray:
+def crop_resize(arr: np.ndarray, box: Box, full_wh: tuple[int, int], out_wh: tuple[int, int],
+                nearest: bool) -> np.ndarray:
+    """The ``box`` (pixels of the ``full_wh`` = (W, H) original) of ``arr`` resized to ``out_wh`` = (w, h).
+
+    ``arr`` may be the original or a reduced decode / a mask of another resolution with the same aspect: one PIL
+    call with a float box, so images and masks of different resolutions stay aligned to the sub-pixel.
+    Bilinear for images, nearest for masks (``nearest``). Returns a writable copy.
+    """
     h, w = arr.shape[:2]
     sub = _scaled_box(box, full_wh, (w, h))
     resample = Image.Resampling.NEAREST if nearest else Image.Resampling.BILINEAR
-    # One PIL call with a float box: no intermediate crop, and sub-pixel-exact alignment between the
-    # image and masks of other resolutions (drafted JPEG vs full-size PNG mask).
-    return np.array(Image.fromarray(arr).resize((size, size), resample, box=sub))  # a writable copy
+    return np.array(Image.fromarray(arr).resize((int(out_wh[0]), int(out_wh[1])), resample, box=sub))
+
+
+def _crop_resize(arr: np.ndarray, box: Box, full_wh: tuple[int, int], size: int, nearest: bool) -> np.ndarray:
+    return crop_resize(arr, box, full_wh, (size, size), nearest)
+
+
+def eval_box(width: int, height: int, spec: BaseSpec, image_size: int, crop_mask: np.ndarray | None = None) -> Box:
+    """The region of a ``width`` x ``height`` original that the eval transform's output shows, in its pixels.
+
+    The base step keeps :func:`crop_box` and resizes it to ``spec.resize`` squared; :class:`EvalTransform` then
+    keeps the centred ``image_size`` of that, i.e. the centred ``image_size / resize`` of the box along each
+    axis (a non-square box when ``center_crop`` is None: the network saw it squeezed to a square). A map of the
+    network's input, stretched over this box, lands where the network looked.
+    """
+    x0, y0, x1, y1 = crop_box(width, height, spec, crop_mask)
+    if image_size > spec.resize:
+        raise AttnMelError(f"data.image_size {image_size} is larger than the preprocessed image "
+                           f"({spec.resize}x{spec.resize})")
+    # EvalTransform's centre crop starts at round((R - S) / 2) (torchvision), in resized pixels.
+    off = int(round((spec.resize - image_size) / 2.0))
+    sx, sy = (x1 - x0) / spec.resize, (y1 - y0) / spec.resize
+    return (x0 + off * sx, y0 + off * sy, x0 + (off + image_size) * sx, y0 + (off + image_size) * sy)
+
+
+def display_size(box: Box, max_side: int | None) -> tuple[int, int]:
+    """(w, h) at which to show ``box``: its own pixels, the long side capped at ``max_side`` (None: no cap)."""
+    bw, bh = max(box[2] - box[0], 1.0), max(box[3] - box[1], 1.0)
+    scale = 1.0 if max_side is None else min(1.0, float(max_side) / max(bw, bh))
+    return max(1, int(round(bw * scale))), max(1, int(round(bh * scale)))
 
 
 def base_preprocess(image: np.ndarray, full_size: tuple[int, int], spec: BaseSpec,

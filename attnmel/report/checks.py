@@ -97,7 +97,7 @@ def explanation_checks(inp: ChecksInput, fig_dir: Path, faithfulness_images: int
     n = len(inp.ids)
     rng = np.random.default_rng(CHECKS_SEED)
     sample = sorted(rng.choice(n, size=min(n, max(1, faithfulness_images)), replace=False).tolist())
-    methods = list(inp.maps[0].keys()) + ["blob", "random"]
+    methods = [*list(inp.maps[0].keys()), "blob", "random"]
     labels = {m: inp.labels_of(m) for m in methods}
 
     t0 = time.perf_counter()
@@ -225,18 +225,12 @@ def _faithfulness(inp: ChecksInput, sample: list[int], methods: list[str], steps
 # -- randomisation -----------------------------------------------------------------------------------
 def _explainer(inp: ChecksInput, ids: list[str], with_ig: bool):
     """``explain(model, x)``: every method's maps, each model explaining its own predicted class."""
-    from attnmel.report.build import cam_batch, forward_with_gradcam, integrated_gradients_batch
+    from attnmel.explain.attributions import explain_batch
+
+    methods = ("attention", "gradcam", "cam") + (("ig",) if with_ig else ())
 
     def explain(model: nn.Module, x: torch.Tensor) -> dict[str, torch.Tensor]:
-        fr = forward_with_gradcam(model, x)
-        maps: dict[str, torch.Tensor] = {f"attention:{k}": v for k, v in fr.maps.items()}
-        maps["gradcam"] = fr.gradcam
-        targets = fr.logits.argmax(dim=1)
-        if hasattr(model, "class_activation_map"):
-            with torch.inference_mode():
-                maps["cam"] = cam_batch(model, x, targets)
-        if with_ig:
-            maps["ig"] = integrated_gradients_batch(model, x, targets)
+        maps = dict(explain_batch(model, x, methods, target="predicted").maps)
         for m, v in model_free_maps(ids, tuple(x.shape[-2:])).items():
             maps[m] = torch.from_numpy(np.stack(v))
         return maps
@@ -274,10 +268,11 @@ def _randomisation(inp: ChecksInput, sample: list[int], n_stages: int) -> dict[s
 
 
 def _ig_only(inp: ChecksInput, ids: list[str]):
-    from attnmel.explain.attributions import integrated_gradients_maps
+    from attnmel.explain.attributions import IGSettings, explain_batch
 
     def explain(model: nn.Module, x: torch.Tensor) -> dict[str, torch.Tensor]:
-        return {"ig": integrated_gradients_maps(model, x, target="predicted", n_steps=RANDOMISATION_IG_STEPS)}
+        return dict(explain_batch(model, x, ("ig",), target="predicted",
+                                  ig=IGSettings(n_steps=RANDOMISATION_IG_STEPS)).maps)
 
     return explain
 

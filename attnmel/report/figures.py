@@ -1,14 +1,11 @@
-"""The report's pictures: matplotlib (Agg) plots of the metrics and numpy/PIL gallery panels.
+"""The report's plots of the metrics: matplotlib (Agg), one figure per function, written atomically as PNG.
 
-Every function draws one figure and writes it atomically as a PNG; none keeps state, so the report draws each
-figure exactly once. Gallery panels are composed with numpy and written with PIL (no matplotlib figure per
-image), which keeps drawing a gallery of a few dozen cases well under a second.
+None keeps state, so the report draws each figure exactly once. The gallery's map overlays are drawn by
+:mod:`attnmel.explain.overlay`, which ``attnmel predict --overlay`` shares.
 """
 
 from __future__ import annotations
 
-import itertools
-import math
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
@@ -16,9 +13,6 @@ import numpy as np
 
 from attnmel.io import atomic_path
 
-MIN_PANEL_SIDE = 160  # small (64 px) images are enlarged so contours stay visible
-TRUTH_RGB = (0, 255, 0)  # ground-truth lesion contour
-REGION_RGB = (255, 255, 255)  # contour of the binarised map (what the Jaccard scores)
 _PALETTE = ("#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#7f7f7f", "#8c564b", "#e377c2")
 
 
@@ -150,72 +144,3 @@ def jaccard_histogram_figure(values: Mapping[str, Sequence[float]], labels: Mapp
     ax.legend(fontsize=7, loc="best")
     ax.set_title("Per-image Jaccard", fontsize=10)
     return save_figure(fig, path)
-
-
-# -- gallery panels ---------------------------------------------------------------------------------
-def display_scale(side: int) -> int:
-    """Integer enlargement that brings a ``side``-px image to at least :data:`MIN_PANEL_SIDE`."""
-    return max(1, math.ceil(MIN_PANEL_SIDE / max(1, int(side))))
-
-
-def _enlarge(a: np.ndarray, s: int) -> np.ndarray:
-    # Nearest-neighbour, so the panel shows exactly the pixels that were scored.
-    return a if s == 1 else np.repeat(np.repeat(a, s, axis=0), s, axis=1)
-
-
-def contour_pixels(mask: np.ndarray, scale: int, thick: bool = True) -> np.ndarray:
-    """Boolean (H*s, W*s) image of the 0.5-level contours of ``mask`` (skimage ``find_contours``)."""
-    from skimage.draw import line
-    from skimage.measure import find_contours
-
-    h, w = mask.shape
-    out = np.zeros((h * scale, w * scale), dtype=bool)
-    if not mask.any() or mask.all():
-        return out
-    # Pad so contours touching the border close along it instead of stopping short.
-    padded = np.pad(mask.astype(np.float32), 1)
-    for c in find_contours(padded, 0.5):
-        pts = np.rint((c - 1 + 0.5) * scale - 0.5).astype(np.int64)
-        pts[:, 0] = pts[:, 0].clip(0, h * scale - 1)
-        pts[:, 1] = pts[:, 1].clip(0, w * scale - 1)
-        for (r0, c0), (r1, c1) in itertools.pairwise(pts):
-            rr, cc = line(int(r0), int(c0), int(r1), int(c1))
-            out[rr, cc] = True
-    if thick and scale * max(h, w) >= MIN_PANEL_SIDE:
-        grown = out.copy()
-        grown[1:, :] |= out[:-1, :]
-        grown[:, 1:] |= out[:, :-1]
-        out = grown
-    return out
-
-
-def overlay_panel(image: np.ndarray, heat: np.ndarray | None = None, mask: np.ndarray | None = None,
-                  threshold: float = 0.5, alpha: float = 0.5) -> np.ndarray:
-    """RGB uint8 panel: the image, the [0, 1] ``heat`` map in jet over it (if given), the contour of
-    ``heat >= threshold`` in white and the ground-truth ``mask`` contour in green (if given).
-
-    ``heat`` and ``mask`` are at the image's size (the size the scores were computed at).
-    """
-    from matplotlib import colormaps
-
-    s = display_scale(max(image.shape[:2]))
-    img = _enlarge(np.asarray(image, dtype=np.uint8), s).astype(np.float32)
-    if heat is not None:
-        rgb = colormaps["jet"](np.clip(heat, 0.0, 1.0))[..., :3] * 255.0
-        img = (1.0 - alpha) * img + alpha * _enlarge(rgb.astype(np.float32), s)
-    out = np.clip(np.rint(img), 0, 255).astype(np.uint8)
-    if heat is not None:
-        out[contour_pixels(np.asarray(heat) >= threshold, s, thick=False)] = REGION_RGB
-    if mask is not None:
-        out[contour_pixels(np.asarray(mask, dtype=bool), s)] = TRUTH_RGB
-    return out
-
-
-def write_png(path: Path, rgb: np.ndarray) -> Path:
-    """Write an RGB uint8 array as PNG atomically."""
-    from PIL import Image
-
-    with atomic_path(path) as tmp:
-        # Fast zlib level: panels are small, and encoding at the default level cost more than drawing them.
-        Image.fromarray(np.ascontiguousarray(rgb)).save(tmp, format="PNG", compress_level=1)
-    return Path(path)

@@ -17,7 +17,9 @@ from urllib.parse import quote
 
 import yaml
 
+from attnmel.explain.methods import compact_label
 from attnmel.io import write_text
+from attnmel.report.render import template_env
 from attnmel.train.rundir import read_metrics_file
 
 log = logging.getLogger("attnmel.report")
@@ -26,12 +28,8 @@ log = logging.getLogger("attnmel.report")
 _SKIP_DIRS = frozenset({"checkpoints", "logs", "report", "cache", ".cache", "lightning_logs", "__pycache__",
                         "figures", "overlays"})
 # Headline Jaccard columns: metrics.json attention method keys, in display order.
-HEADLINE_METHODS: tuple[tuple[str, str], ...] = (
-    ("attention:pool3", "Jaccard pool-3"),
-    ("attention:pool4", "Jaccard pool-4"),
-    ("gradcam", "Jaccard Grad-CAM"),
-    ("cam", "Jaccard CAM"),
-)
+HEADLINE_METHODS: tuple[tuple[str, str], ...] = tuple(
+    (m, f"Jaccard {compact_label(m)}") for m in ("attention:pool3", "attention:pool4", "gradcam", "cam"))
 
 
 @dataclass
@@ -142,8 +140,6 @@ def collect(reports_root: Path, runs_roots: Sequence[Path]) -> tuple[list[RunEnt
 def rebuild_index(reports_root: Path = Path("reports"),
                   runs_roots: Sequence[Path] = (Path("runs"), Path("sweeps"))) -> Path:
     """Write ``reports_root/index.html`` listing every run report and sweep summary; return its path."""
-    from attnmel.report.build import template_env
-
     reports_root = Path(reports_root)
     reports_root.mkdir(parents=True, exist_ok=True)
     runs, sweeps = collect(reports_root, [Path(r) for r in runs_roots])

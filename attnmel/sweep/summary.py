@@ -279,7 +279,9 @@ def fmt_test(t: dict[str, Any] | None) -> str:
 
 
 def _map_label(m: str) -> str:
-    return {"pool3": "pool-3", "pool4": "pool-4", "cam": "CAM", "gradcam": "Grad-CAM"}.get(m, m)
+    from attnmel.explain.methods import compact_label
+
+    return compact_label(m)
 
 
 def tables(summary: dict[str, Any]) -> dict[str, dict[str, Any]]:

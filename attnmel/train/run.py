@@ -63,11 +63,9 @@ def resolve_precision(cfg: dict) -> str:
     accel = str(cfg["trainer"]["accelerator"])
     if accel in ("gpu", "cuda", "auto") and torch.cuda.is_available():
         return "bf16-mixed" if torch.cuda.is_bf16_supported() else "16-mixed"
-    try:
-        cpu_bf16 = bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
-    except (AttributeError, RuntimeError):
-        cpu_bf16 = False
-    return "bf16-mixed" if cpu_bf16 else "32-true"
+    from attnmel.models.precision import cpu_has_bf16
+
+    return "bf16-mixed" if cpu_has_bf16() else "32-true"
 
 
 def _atomic_checkpoint_io():

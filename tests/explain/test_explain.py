@@ -14,12 +14,14 @@ from torch import nn
 
 from attnmel.errors import AttnMelError
 from attnmel.explain.attributions import (
-    attention_maps,
+    cam_maps,
+    describe_target,
     explain_batch,
-    gradcam_maps,
+    forward_with_gradcam,
     integrated_gradients_maps,
+    resolve_targets,
 )
-from attnmel.explain.baselines import blob_maps, cam_maps, gaussian_blob
+from attnmel.explain.baselines import blob_maps, gaussian_blob
 from attnmel.explain.maps import (
     CURVE_THRESHOLDS,
     ORDER_RULE,
@@ -231,48 +233,163 @@ def _non_constant(maps: torch.Tensor) -> bool:
     return bool(((flat.max(1).values - flat.min(1).values) > 0).all())
 
 
-def test_attention_maps_shapes(model_and_images) -> None:
+class HandCase(nn.Module):
+    """Grad-CAM small enough to do by hand: the input IS the activation A (B, 2, 2, 2) of ``gradcam_layer`` (a 1x1
+    identity convolution) and logit_c = sum_k W[c, k] * mean(A_k ** 2), so d logit_c / dA_k = 2 W[c, k] A_k / 4."""
+
+    attention_layers = ("pool3",)
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.gradcam_layer = nn.Conv2d(2, 2, 1, bias=False)
+        with torch.no_grad():
+            self.gradcam_layer.weight.copy_(torch.eye(2)[:, :, None, None])
+        self.register_buffer("W", torch.tensor([[1.0, 3.0], [-1.0, 2.0]]))
+
+    def forward(self, x: torch.Tensor) -> Out:
+        a = self.gradcam_layer(x)
+        feat = (a ** 2).mean(dim=(2, 3))
+        return Out(feat @ self.W.T, {"pool3": torch.sigmoid(a[:, :1])}, feat)
+
+
+def test_gradcam_equals_a_hand_computed_case() -> None:
+    # A_0 = [[1, 2], [3, 4]] (mean 2.5), A_1 = [[2, 0], [0, 2]] (mean 1).
+    # Grad-CAM weight of channel k for class c: alpha_k = mean(d logit_c / dA_k) = 2 W[c, k] mean(A_k) / 4.
+    #   class 0: alpha = (2*1*2.5/4, 2*3*1/4) = (1.25, 1.5): map = 1.25 A_0 + 1.5 A_1 = [[4.25, 2.5], [3.75, 8]]
+    #   class 1: alpha = (-1.25, 1.0): -1.25 A_0 + A_1 = [[0.75, -2.5], [-3.75, -3]], ReLU -> [[0.75, 0], [0, 0]]
+    # Logits: class 0 = mean(A_0^2) + 3 mean(A_1^2) = 7.5 + 6 = 13.5; class 1 = -7.5 + 4 = -3.5: predicted 0.
+    x = torch.tensor([[[[1.0, 2.0], [3.0, 4.0]], [[2.0, 0.0], [0.0, 2.0]]]])
+    model = HandCase()
+    class0 = torch.tensor([[[4.25, 2.5], [3.75, 8.0]]])
+    class1 = torch.tensor([[[0.75, 0.0], [0.0, 0.0]]])
+    fr = forward_with_gradcam(model, x, "predicted")
+    torch.testing.assert_close(fr.logits, torch.tensor([[13.5, -3.5]]))
+    assert fr.targets.tolist() == [0]
+    torch.testing.assert_close(fr.gradcam, class0)
+    torch.testing.assert_close(forward_with_gradcam(model, x, 1).gradcam, class1)
+    torch.testing.assert_close(forward_with_gradcam(model, x, "melanoma", melanoma_index=1).gradcam, class1)
+    # The same forward's attention map, and the parameters unfrozen again.
+    torch.testing.assert_close(fr.maps["pool3"], torch.sigmoid(x[:, 0]))
+    assert all(p.requires_grad for p in model.parameters()) and model.gradcam_layer.weight.grad is None
+
+
+def test_gradcam_of_a_batch_explains_each_images_own_prediction() -> None:
+    # Two images whose predicted classes differ: each gets its own class's map in one call.
+    a = torch.tensor([[[1.0, 2.0], [3.0, 4.0]], [[2.0, 0.0], [0.0, 2.0]]])
+    b = torch.tensor([[[0.0, 0.0], [0.0, 0.0]], [[0.0, 0.0], [0.0, 2.0]]])  # logits 3, 2: class 0 again
+    c = torch.tensor([[[4.0, 0.0], [0.0, 0.0]], [[0.0, 0.0], [0.0, 0.0]]])  # logits 4, -4
+    fr = forward_with_gradcam(HandCase(), torch.stack([a, b, c]), "predicted")
+    assert fr.targets.tolist() == [0, 0, 0]
+    # c: alpha = (2*1*1/4, 0) = (0.5, 0): map = 0.5 A_0 = [[2, 0], [0, 0]]
+    torch.testing.assert_close(fr.gradcam[2], torch.tensor([[2.0, 0.0], [0.0, 0.0]]))
+    with pytest.raises(AttnMelError, match="target"):
+        forward_with_gradcam(HandCase(), a[None], "benign")
+
+
+def test_targets_and_their_words() -> None:
+    logits = torch.tensor([[0.1, 2.0], [3.0, -1.0]])
+    assert resolve_targets("predicted", logits).tolist() == [1, 0]
+    assert resolve_targets("melanoma", logits, melanoma_index=1).tolist() == [1, 1]
+    assert resolve_targets(0, logits).tolist() == [0, 0]
+    with pytest.raises(AttnMelError):
+        resolve_targets(5, logits)
+    assert describe_target("predicted", ["other", "melanoma"]) == "the predicted class"
+    assert describe_target("melanoma", ["other", "melanoma"], 1) == "the class 'melanoma'"
+
+
+class Linear(nn.Module):
+    """logit_c = sum(V_c * x): Integrated Gradients from a zero baseline is exactly x * V_c (completeness)."""
+
+    attention_layers = ()
+
+    def __init__(self, hw: int = 8) -> None:
+        super().__init__()
+        g = torch.Generator().manual_seed(0)
+        self.V = nn.Parameter(torch.randn(2, 3, hw, hw, generator=g))
+        self.gradcam_layer = nn.Identity()
+
+    def forward(self, x: torch.Tensor) -> Out:
+        logits = torch.einsum("bchw,kchw->bk", x, self.V)
+        return Out(logits, {}, logits)
+
+
+def test_integrated_gradients_of_a_linear_model_is_input_times_weight() -> None:
+    model = Linear()
+    x = torch.randn(3, 3, 8, 8, generator=torch.Generator().manual_seed(1))
+    targets = torch.tensor([0, 1, 1])
+    want = (x * model.V.detach()[targets]).abs().sum(dim=1)
+    for cl in (False, True):
+        for ib in (5, None):
+            got = integrated_gradients_maps(model, x, targets, n_steps=4, internal_batch_size=ib, precision="fp32",
+                                            channels_last=cl)
+            torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-5)
+    assert model.V.requires_grad and model.V.grad is None
+    with pytest.raises(AttnMelError):
+        integrated_gradients_maps(model, x, targets, n_steps=0)
+    with pytest.raises(AttnMelError, match="precision"):
+        integrated_gradients_maps(model, x, targets, precision="fp8")
+
+
+def test_bf16_integrated_gradients_rank_like_fp32(model_and_images) -> None:
+    from scipy.stats import spearmanr
+
     model, x = model_and_images
-    maps = attention_maps(model, x)
-    assert set(maps) == set(model.attention_layers)
-    assert maps["pool3"].shape == (3, 16, 16) and maps["pool4"].shape == (3, 8, 8)
-    assert not maps["pool3"].requires_grad
-
-
-def test_gradcam_shape_nonconstant_and_mode_restored(model_and_images) -> None:
-    model, x = model_and_images
-    model.train()
-    g = gradcam_maps(model, x, target="melanoma", melanoma_index=1)
-    assert model.training  # restored
-    assert g.shape == (3, 16, 16) and _non_constant(g) and (g >= 0).all()
-    g0 = gradcam_maps(model, x, target=0)
-    assert not torch.allclose(g0, g)  # the target is honoured
-    gp = gradcam_maps(model, x, target="predicted")
-    assert gp.shape == (3, 16, 16)
-    assert all(p.grad is None for p in model.parameters())  # no gradient left on the weights
-
-
-def test_integrated_gradients_shape_and_batching(model_and_images) -> None:
-    model, x = model_and_images
-    ig = integrated_gradients_maps(model, x, n_steps=8, internal_batch_size=5)
-    assert ig.shape == (3, 32, 32) and _non_constant(ig) and (ig >= 0).all()
-    ig_all = integrated_gradients_maps(model, x, n_steps=8, internal_batch_size=None)
-    torch.testing.assert_close(ig, ig_all, rtol=1e-4, atol=1e-6)
+    targets = torch.tensor([1, 0, 1])
+    fp32 = integrated_gradients_maps(model, x, targets, n_steps=8, precision="fp32")
+    bf16 = integrated_gradients_maps(model, x, targets, n_steps=8, precision="bf16")
+    assert not torch.equal(fp32, bf16)  # bf16 really ran
+    for a, b in zip(fp32, bf16):
+        assert spearmanr(a.flatten(), b.flatten()).statistic > 0.9
+    assert next(model.parameters()).is_contiguous()  # channels-last was undone
 
 
 def test_cam_and_explain_batch(model_and_images) -> None:
     model, x = model_and_images
-    cam = cam_maps(model, x, target="predicted")
-    assert cam.shape == (3, 16, 16) and _non_constant(cam)
+    model.train()
     pred = model.eval()(x).logits.argmax(1)
-    full = model.class_activation_map(x).detach()
-    torch.testing.assert_close(cam, full[torch.arange(3), pred])
+    model.train()
+    cam = cam_maps(model, x, pred)
+    assert model.training  # restored
+    f = model.block(model.stem.eval()(x)).detach()
+    # CAM by hand: the class's classifier weights over the last feature map's channels.
+    want = torch.stack([(model.fc.weight[c].detach()[:, None, None] * f[i]).sum(0) for i, c in enumerate(pred)])
+    torch.testing.assert_close(cam, want, rtol=1e-5, atol=1e-5)
     with pytest.raises(AttnMelError):
-        cam_maps(NoCam(), x)
-    out = explain_batch(model, x, methods=("attention", "gradcam", "ig", "cam"), ig_steps=4)
-    assert set(out) == {"attention:pool3", "attention:pool4", "gradcam", "ig", "cam"}
+        cam_maps(NoCam(), x, pred)
+    out = explain_batch(model, x, methods=("attention", "gradcam", "ig", "cam"), target="predicted",
+                        melanoma_index=1)
+    assert set(out.maps) == {"attention:pool3", "attention:pool4", "gradcam", "ig", "cam"}
+    assert out.targets.tolist() == pred.tolist() and out.logits.shape == (3, 2)
+    assert out.maps["ig"].shape == (3, 32, 32) and out.maps["gradcam"].shape == (3, 16, 16)
+    torch.testing.assert_close(out.maps["cam"], cam)
+    assert set(explain_batch(NoCam(), x, methods=("cam",)).maps) == set()  # CAM only where the model has it
     masks = [_disk((32, 32), 8)] * 3
-    res = attention_quality({k: list(v) for k, v in out.items()}, masks)
-    assert set(res["mean"]) == set(out)
+    res = attention_quality({k: list(v) for k, v in out.maps.items()}, masks)
+    assert set(res["mean"]) == set(out.maps)
     with pytest.raises(AttnMelError):
         explain_batch(model, x, methods=("lime",))
+
+
+def test_batchnorm_folding_keeps_the_function_and_ig_and_leaves_the_model_alone(model_and_images) -> None:
+    from attnmel.explain.attributions import fold_batchnorm, ig_model
+
+    model, x = model_and_images
+    model.eval()
+    with torch.no_grad():  # non-trivial running statistics, so that folding has something to fold
+        model.stem[1].running_mean.uniform_(-0.5, 0.5)
+        model.stem[1].running_var.uniform_(0.5, 2.0)
+    folded = fold_batchnorm(model)
+    assert not any(isinstance(m, nn.BatchNorm2d) for m in folded.modules())
+    assert any(isinstance(m, nn.BatchNorm2d) for m in model.modules())
+    with torch.no_grad():
+        torch.testing.assert_close(folded(x).logits, model(x).logits, rtol=1e-5, atol=1e-5)
+    targets = torch.tensor([0, 1, 1])
+    plain = integrated_gradients_maps(model, x, targets, n_steps=8, precision="fp32", fold_bn=False)
+    fast = integrated_gradients_maps(model, x, targets, n_steps=8, precision="fp32")
+    torch.testing.assert_close(fast, plain, rtol=1e-4, atol=1e-5)
+    first = ig_model(model)
+    assert ig_model(model) is first  # prepared once per model
+    with torch.no_grad():
+        model.fc.bias.add_(1.0)  # new weights: a new copy
+    assert ig_model(model) is not first
+    assert all(p.requires_grad for p in model.parameters()) and next(model.parameters()).is_contiguous()

@@ -116,7 +116,7 @@ def test_randomisation_gives_one_for_an_unchanged_model_and_less_once_re_initial
     same = spearman_per_image(_saliency(model, x)["gradient"], _saliency(model, x)["gradient"])
     assert same == pytest.approx(np.ones(5))
     stages = randomisation_stages(model, max_stages=3)
-    assert [s.modules for s in stages][0] == ["classifier"]  # from the classifier down
+    assert next(s.modules for s in stages) == ["classifier"]  # from the classifier down
     assert stages[-1].modules == ["features.0", "features.1"]  # the first conv with its BatchNorm
     res = cascading_randomisation(model, x, _saliency, max_stages=3, seed=0)
     assert res.rho["gradient"].shape == (3, 5)

@@ -10,18 +10,19 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 from PIL import Image
 
 from attnmel import config as config_mod
 from attnmel.errors import AttnMelError
+from attnmel.explain import overlay as O
 from attnmel.explain.maps import ORDER_RULE
 from attnmel.report import figures as F
-from attnmel.report.build import build_report, cam_batch, forward_with_gradcam
+from attnmel.report.build import build_report
 from attnmel.report.index import rebuild_index
 
 EXPERIMENTS = Path(__file__).resolve().parents[2] / "experiments"
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+JPEG_MAGIC = b"\xff\xd8\xff"
 XSS = "<script>alert(1)</script>"
 
 
@@ -126,7 +127,8 @@ def _check_images(report: Path, page: Page) -> None:
         assert not src.startswith(("http:", "https:", "//", "/", "data:")), src
         f = report.parent / src
         assert f.is_file(), src
-        assert f.read_bytes()[:8] == PNG_MAGIC, src
+        head = f.read_bytes()[:8]
+        assert head == PNG_MAGIC or head.startswith(JPEG_MAGIC), src
 
 
 # -- the page of a real run ---------------------------------------------------------------------------
@@ -281,13 +283,16 @@ def test_overlay_panel_draws_truth_contour_and_map(tmp_path):
     mask[16:48, 16:48] = True
     heat = np.zeros((64, 64), np.float32)
     heat[20:40, 20:40] = 1.0
-    panel = F.overlay_panel(img, heat, mask)
-    s = F.display_scale(64)
-    assert panel.shape == (64 * s, 64 * s, 3) and s * 64 >= F.MIN_PANEL_SIDE
-    green = np.all(panel == F.TRUTH_RGB, axis=-1)
+    panel = O.overlay_panel(img, heat, mask)
+    s = O.display_scale(64)
+    assert panel.shape == (64 * s, 64 * s, 3) and s * 64 >= O.MIN_PANEL_SIDE
+    green = np.all(panel == O.TRUTH_RGB, axis=-1)
     assert green.any() and not green[: 15 * s].any()  # the contour hugs the square, not the top rows
-    assert np.all(panel == F.REGION_RGB, axis=-1).any()
-    p = F.write_png(tmp_path / "p.png", panel)
+    assert np.all(panel == O.REGION_RGB, axis=-1).any()
+    # The heat is blended at HEAT_ALPHA: a pixel at heat 1 (jet's dark red) away from every contour.
+    red = O.heat_rgb(np.ones((1, 1)))[0, 0]
+    np.testing.assert_allclose(panel[30 * s, 30 * s], np.rint(0.5 * 128 + 0.5 * red), atol=1)
+    p = O.write_panel(tmp_path / "p.png", panel)
     assert p.read_bytes()[:8] == PNG_MAGIC
     # Curves on fabricated numbers, and the single-class case that has none.
     F.roc_figure({"fpr": [0, 0.5, 1], "tpr": [0, 0.8, 1]}, tmp_path / "roc.png", 0.7)
@@ -296,25 +301,42 @@ def test_overlay_panel_draws_truth_contour_and_map(tmp_path):
     assert all((tmp_path / f).read_bytes()[:8] == PNG_MAGIC for f in ("roc.png", "pr.png", "jc.png"))
 
 
-def test_one_forward_gives_predictions_maps_and_captum_gradcam_of_the_predicted_class():
-    from attnmel.explain.attributions import attention_maps, gradcam_maps
-    from attnmel.explain.baselines import cam_maps
-    from attnmel.models import build_model
+def test_page_says_what_the_maps_explain_and_documents_the_colours(tiny_run):
+    report = tiny_run / "report" / "index.html"
+    page = Page(report.read_text(encoding="utf-8"))
+    assert "explain the predicted class" in page.all_text
+    assert "50% opacity" in page.all_text and "jet colour map" in page.all_text
+    assert "figures/colourbar.png" in page.imgs
+    m = json.loads((tiny_run / "metrics.json").read_text())
+    assert m["attention"]["target"] == "predicted"
 
-    torch.manual_seed(0)
-    x = torch.randn(3, 3, 64, 64)
-    for name in ("attnmel", "vgg16_gap"):
-        model = build_model({"name": name, "pretrained": "none", "width": 0.125}, 2).eval()
-        fr = forward_with_gradcam(model, x)
-        with torch.inference_mode():
-            ref = model(x)
-        assert torch.allclose(fr.logits, ref.logits, atol=1e-5)
-        assert fr.maps.keys() == attention_maps(model, x).keys()
-        for k, v in attention_maps(model, x).items():
-            assert torch.allclose(fr.maps[k], v, atol=1e-6)
-        assert torch.allclose(fr.gradcam, gradcam_maps(model, x, "predicted"), atol=1e-6)
-        assert all(p.requires_grad for p in model.parameters())  # unfrozen again
-        if name == "vgg16_gap":
-            pred = fr.logits.argmax(1)
-            with torch.no_grad():
-                assert torch.allclose(cam_batch(model, x, pred), cam_maps(model, x, "predicted"), atol=1e-6)
+
+def test_a_report_that_fails_half_way_leaves_the_previous_one_whole(tiny_run, tmp_path, monkeypatch):
+    import attnmel.report.build as B
+
+    run_dir = tmp_path / "killed"
+    shutil.copytree(tiny_run, run_dir, ignore=shutil.ignore_patterns("logs"))
+    report = run_dir / "report"
+    before = {p.relative_to(report): p.read_bytes() for p in report.rglob("*") if p.is_file()}
+    assert (report / "index.html") in [report / k for k in before] and len(before) > 10
+    real = B._draw_case
+    drawn = []
+
+    def draw_then_die(*args, **kwargs):
+        if len(drawn) == 3:  # some panels of the new build are on disk by now
+            raise KeyboardInterrupt
+        drawn.append(real(*args, **kwargs))
+        return drawn[-1]
+
+    monkeypatch.setattr(B, "_draw_case", draw_then_die)
+    with pytest.raises(KeyboardInterrupt):
+        build_report(run_dir, limit=12, reports_root=None)
+    after = {p.relative_to(report): p.read_bytes() for p in report.rglob("*") if p.is_file()}
+    assert after == before  # the same files, byte for byte: no figure of the killed build
+    assert not [p for p in run_dir.iterdir() if p.name.startswith(".report")]  # its temporary folder is gone
+    # A build that finishes replaces the report whole: no file of the old one is left.
+    monkeypatch.setattr(B, "_draw_case", real)
+    build_report(run_dir, limit=4, reports_root=None, gallery_size=2)
+    new = {p.relative_to(report) for p in report.rglob("*") if p.is_file()}
+    assert "--limit 4" in (report / "index.html").read_text(encoding="utf-8")
+    assert len(new) < len(before) and not any(n.name.startswith("case00012") for n in new)

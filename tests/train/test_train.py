@@ -190,6 +190,15 @@ def test_predict_cli_gives_probabilities_and_overlays(trained, synthetic_root, t
     from PIL import Image
 
     assert Image.open(pngs[0]).format == "PNG"
+    assert "Grad-CAM explain the predicted class" in out  # predict says what its maps explain, as the report
+    # A large original is drawn at its own resolution, capped at --overlay-size: the eval region of a 1200x900
+    # image is 0.8 x 900 x image_size / resize px square (the tiny config's geometry), capped at 300 px here.
+    big = tmp_path / "big.jpg"
+    Image.open(images[0]).resize((1200, 900)).save(big, quality=95)
+    assert cli_main(["predict", str(trained), str(big), "--overlay", str(tmp_path / "big"),
+                     "--overlay-size", "300"]) == 0
+    w, h = Image.open(tmp_path / "big" / "big_attention.png").size
+    assert h > 300 and w >= 3 * 300  # image + pool-3 + pool-4 + Grad-CAM columns, 300 px each
     notimg = tmp_path / "notes.jpg"
     notimg.write_text("hello")
     assert cli_main(["predict", str(trained), str(notimg)]) == 2
