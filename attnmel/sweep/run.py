@@ -362,7 +362,9 @@ def run_sweep(sweep_file: str | Path, dataset: str | None = None, jobs: int | No
     results = execute(plans, jobs, _progress_printer(console), runner)
     from attnmel.data.synthetic import extra_test_splits
 
-    for split in ("test", *extra_test_splits(plans[0].cfg["data"])):
+    if not (sweep_dir / "test_labels.csv").is_file():
+        write_test_labels(sweep_dir, plans[0].cfg)
+    for split in extra_test_splits(plans[0].cfg["data"]):
         if not (sweep_dir / f"{split}_labels.csv").is_file():
             write_test_labels(sweep_dir, plans[0].cfg, split)
     paths = write_summary(sweep_dir, spec, results)
