@@ -54,7 +54,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     e = sub.add_parser("evaluate", help="score a run on a split: metrics.json and predictions.csv")
     e.add_argument("run_dir", type=Path)
-    e.add_argument("--split", default="test", choices=["train", "val", "test"])
+    e.add_argument("--split", default="test",
+                   help="train, val or test; a synthetic set also has its extra test splits (test_reversed, ...)")
 
     pr = sub.add_parser("predict", help="class probabilities for images, optionally with attention overlays")
     pr.add_argument("run_dir", type=Path)

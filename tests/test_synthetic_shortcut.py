@@ -47,7 +47,7 @@ def _read_png(path) -> np.ndarray:
 def test_rates_per_split_and_condition_in_the_written_masks(tmp_path):
     sc = Shortcut(artefact="ruler", melanoma_rate=0.8, benign_rate=0.25, val="shortcut", test="balanced",
                   extra_tests=("reversed", "absent"))
-    root = generate(tmp_path / "syn", n=80, size=32, seed=2, spurious=True, progress=False, shortcut=sc,
+    root = generate(tmp_path / "syn", n=50, size=32, seed=2, spurious=True, progress=False, shortcut=sc,
                     clutter=False)
     want = {"train": (0.25, 0.8), "val": (0.25, 0.8), "test": (0.5, 0.5), "test_reversed": (0.8, 0.0),
             "test_absent": (0.0, 0.0)}
