@@ -24,6 +24,15 @@ def _add_data(sub: argparse._SubParsersAction) -> None:
                    help="plant an artefact outside the lesion that tracks the label in train only")
     s.add_argument("--force", action="store_true",
                    help="replace a synthetic dataset already in --out (runs trained on it point there)")
+    s.add_argument("--artefact", default=None, help="sticker | ruler | ink | lens | bubbles (default sticker)")
+    s.add_argument("--melanoma-rate", type=float, default=None, help="share of melanomas carrying it (default 0.9)")
+    s.add_argument("--benign-rate", type=float, default=None, help="share of benign lesions carrying it (default 0.1)")
+    for split, default in (("train", "shortcut"), ("val", "balanced"), ("test", "balanced")):
+        s.add_argument(f"--{split}", default=None, dest=f"cond_{split}",
+                       help=f"{split} condition: shortcut | balanced | reversed | absent (default {default})")
+    s.add_argument("--extra-tests", default=None, help="extra test splits, e.g. reversed,absent -> test_reversed, ...")
+    s.add_argument("--difficulty", type=float, default=None, help="lesion-cue difficulty in [0, 1] (default 0)")
+    s.add_argument("--no-clutter", action="store_true", help="no label-independent rulers / lens corners")
     c = dsub.add_parser("check", help="verify a download: images, labels and masks per split and class")
     c.add_argument("--dataset", required=True)
     c.add_argument("--root", required=True, type=Path)
@@ -48,7 +57,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     e = sub.add_parser("evaluate", help="score a run on a split: metrics.json and predictions.csv")
     e.add_argument("run_dir", type=Path)
-    e.add_argument("--split", default="test", choices=["train", "val", "test"])
+    e.add_argument("--split", default="test",
+                   help="train, val or test; a synthetic set also has its extra test splits (test_reversed, ...)")
 
     pr = sub.add_parser("predict", help="class probabilities for images, optionally with attention overlays")
     pr.add_argument("run_dir", type=Path)
@@ -215,12 +225,18 @@ def _expand_images(paths: list[Path]) -> list[Path]:
 
 def _data(args: argparse.Namespace) -> int:
     if args.data_cmd == "synth":
-        from attnmel.data.synthetic import MARKER, generate
+        from attnmel.data.synthetic import MARKER, generate, options_from_config
 
         if (args.out / MARKER).is_file() and not args.force:
             raise AttnMelError(f"{args.out}: already holds a synthetic dataset (runs may point at it); "
                                "pass --force to replace it, or choose another --out")
-        out = generate(args.out, n=args.n, size=args.size, seed=args.seed, spurious=args.spurious)
+        extra = [c.strip() for c in args.extra_tests.split(",") if c.strip()] if args.extra_tests else None
+        opts = options_from_config({
+            "n": args.n, "size": args.size, "seed": args.seed, "spurious": args.spurious, "artefact": args.artefact,
+            "melanoma_rate": args.melanoma_rate, "benign_rate": args.benign_rate, "train": args.cond_train,
+            "val": args.cond_val, "test": args.cond_test, "extra_tests": extra, "difficulty": args.difficulty,
+            "clutter": not args.no_clutter})
+        out = generate(args.out, **opts)
         print(f"synthetic dataset written to {out}")
         return 0
     if args.data_cmd == "check":

@@ -36,7 +36,7 @@ from attnmel.data.cache import (
     predicted_masks,
     resolve_sources,
 )
-from attnmel.data.samples import SPLITS, DatasetIndex
+from attnmel.data.samples import DatasetIndex
 from attnmel.data.transforms import BaseSpec, EvalTransform, TrainTransform, normalization_from_cfg
 from attnmel.errors import AttnMelError, file_error
 from attnmel.losses.regularisers import needs_masks
@@ -289,17 +289,18 @@ class AttnMelDataModule(pl.LightningDataModule):
     def _ensure_synthetic(self) -> None:
         if self.dataset_name != "synthetic" or self.root.exists() or self._indexes:
             return
-        from attnmel.data.synthetic import generate
+        from attnmel.data.synthetic import generate, options_from_config
 
-        syn = self.data_cfg.get("synthetic") or {}
         log.info("generating the synthetic set in %s", self.root)
-        generate(self.root, n=int(syn.get("n", 600)), size=int(syn.get("size", 96)), seed=int(syn.get("seed", 0)),
-                 spurious=bool(syn.get("spurious", False)), progress=self.progress)
+        generate(self.root, **options_from_config(self.data_cfg.get("synthetic")), progress=self.progress)
 
     def index(self, split: str) -> DatasetIndex:
         """The split's samples (read once)."""
-        if split not in SPLITS:
-            raise AttnMelError(f"unknown split '{split}' (known: {', '.join(SPLITS)})")
+        from attnmel.data.readers import known_splits
+
+        known = known_splits(self.dataset_name)
+        if split not in known:
+            raise AttnMelError(f"unknown split '{split}' (known: {', '.join(known)})")
         if split not in self._indexes:
             self._ensure_synthetic()
             from attnmel.data.readers import read_split

@@ -33,7 +33,7 @@ def _attnmel(cfg: dict[str, Any], k: int) -> Classifier:
     elif not isinstance(layers, (list, tuple)):
         raise AttnMelError(f"model.attention_layers must be a list of pool3/pool4, got {layers!r}")
     return AttnMelCNN(k, attention=cfg.get("attention", "sigmoid"), attention_layers=layers,
-                      width=_width(cfg))
+                      width=_width(cfg), gap_path=cfg.get("gap_path") or "keep")
 
 
 @register_model("mel_cnn")

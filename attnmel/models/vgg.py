@@ -13,6 +13,7 @@ from __future__ import annotations
 from typing import Sequence
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from attnmel.errors import AttnMelError
@@ -94,24 +95,40 @@ class VGGClassifier(Classifier):
         return out[0], out[1], out[2]
 
 
+GAP_PATHS = ("keep", "remove", "gated")
+
+
 class AttnMelCNN(VGGClassifier):
     """AttnMel-CNN: ``concat(GAP(pool5), att(pool3), att(pool4)) -> Linear(1280, K)``.
 
     A layer left out of ``attention_layers`` contributes ``GAP(pool_i)`` instead of its attended
     vector, so the head stays 1280-d and the parameter layout of the head does not depend on the
     switch; with no attention layers the network is exactly Mel-CNN (same concat order).
+
+    ``gap_path`` is OUR extension, not the paper's (``model.gap_path``). The GAP(pool-5) vector reaches the
+    classifier without passing any attention gate, so it can carry a shortcut whatever the maps show.
+    ``keep`` is the paper's network; ``remove`` drops that vector (head ``Linear(c3 + c4, K)``); ``gated``
+    replaces it by pool-5 averaged under the pool-4 attention map (max-pooled 2x to pool-5's grid, so pool-5
+    counts only where pool-4 attends; head unchanged). ``gated`` needs pool-4 attention.
     """
 
     head_prefixes = ("attention.", "classifier.")
 
     def __init__(self, num_classes: int, attention: str = "sigmoid",
-                 attention_layers: Sequence[str] = ATTENTION_LAYER_NAMES, width: float = 1.0) -> None:
+                 attention_layers: Sequence[str] = ATTENTION_LAYER_NAMES, width: float = 1.0,
+                 gap_path: str = "keep") -> None:
         super().__init__(width)
         layers = tuple(attention_layers)
         unknown = [n for n in layers if n not in ATTENTION_LAYER_NAMES]
         if unknown:
             raise AttnMelError(f"model.attention_layers: unknown layer(s) {unknown}; known: "
                                f"{', '.join(ATTENTION_LAYER_NAMES)}")
+        if gap_path not in GAP_PATHS:
+            raise AttnMelError(f"model.gap_path must be one of {', '.join(GAP_PATHS)}, got {gap_path!r}")
+        if gap_path == "gated" and "pool4" not in layers:
+            raise AttnMelError("model.gap_path: gated gates pool-5 with the pool-4 map, so "
+                               "model.attention_layers must include pool4")
+        self.gap_path = gap_path
         # Keep the canonical order whatever order the config lists them in.
         self.attention_layers = tuple(n for n in ATTENTION_LAYER_NAMES if n in layers)
         self.normalisation = attention
@@ -119,12 +136,13 @@ class AttnMelCNN(VGGClassifier):
         local = {"pool3": self.c3, "pool4": self.c4}
         self.attention = nn.ModuleDict(
             {n: GridAttention(local[n], self.c5, inter, attention) for n in self.attention_layers})
-        self.classifier = nn.Linear(self.c5 + self.c3 + self.c4, num_classes)
+        head_in = self.c3 + self.c4 + (0 if gap_path == "remove" else self.c5)
+        self.classifier = nn.Linear(head_in, num_classes)
         init_new_linear(self.classifier)
 
     def forward(self, x: torch.Tensor) -> ClassifierOutput:
         p3, p4, p5 = self.taps(x)
-        parts = [gap(p5)]
+        parts: list[torch.Tensor] = []
         maps: dict[str, torch.Tensor] = {}
         for name, l in (("pool3", p3), ("pool4", p4)):
             if name in self.attention:
@@ -133,6 +151,11 @@ class AttnMelCNN(VGGClassifier):
             else:
                 v = gap(l)
             parts.append(v)
+        if self.gap_path == "keep":
+            parts.insert(0, gap(p5))
+        elif self.gap_path == "gated":
+            a5 = F.adaptive_max_pool2d(maps["pool4"], p5.shape[-2:])
+            parts.insert(0, (a5 * p5).mean(dim=(2, 3)))
         feats = torch.cat(parts, dim=1)
         return ClassifierOutput(self.classifier(feats), maps, feats)
 

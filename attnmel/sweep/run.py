@@ -90,9 +90,9 @@ def _train(cfg: dict[str, Any], resume: bool = False) -> Path:
 
 
 def _evaluate(run_dir: Path) -> None:
-    from attnmel.train.run import evaluate
+    from attnmel.train.run import evaluate_tests
 
-    evaluate(run_dir, split="test")
+    evaluate_tests(run_dir)
 
 
 def _score_attention(run_dir: Path) -> None:
@@ -286,16 +286,17 @@ def write_sweep_record(sweep_dir: Path, spec: SweepSpec, overrides: list[str]) -
     })
 
 
-def write_test_labels(sweep_dir: Path, cfg: dict[str, Any]) -> Path | None:
-    """``test_labels.csv`` (image_id, melanoma 0/1) of the sweep's test split, for the paired tests."""
-    path = sweep_dir / "test_labels.csv"
+def write_test_labels(sweep_dir: Path, cfg: dict[str, Any], split: str = "test") -> Path | None:
+    """``test_labels.csv`` (image_id, melanoma 0/1) of the sweep's test split, for the paired tests; another
+    split (the synthetic set's ``test_reversed``, ...) goes to ``<split>_labels.csv``."""
+    path = sweep_dir / f"{split}_labels.csv"
     try:
         from attnmel.data.datamodule import AttnMelDataModule
 
         dm = AttnMelDataModule(cfg, need_masks=False, need_dermo=False, progress=False)
-        index = dm.index("test")
+        index = dm.index(split)
     except Exception as e:  # noqa: BLE001 - without labels only the paired tests are lost
-        log.warning("test labels unavailable (%s): no paired tests", _one_line(e))
+        log.warning("%s labels unavailable (%s): no paired tests", split, _one_line(e))
         return None
     mel = index.melanoma_index
     rows = ["image_id,melanoma"] + [f"{s.image_id},{int(s.label == mel)}" for s in index.samples]
@@ -327,11 +328,18 @@ def run_sweep(sweep_file: str | Path, dataset: str | None = None, jobs: int | No
                   f"= {len(plans)} runs in {escape(str(sweep_dir))}" + (f", {jobs} in parallel" if jobs > 1 else ""))
     start = time.perf_counter()
     if spec.dataset == "synthetic":
-        # Generate the shared synthetic set once, up front, so parallel runs never race to write it.
-        _prepare_data(plans[0].cfg)
+        # Generate each synthetic set once, up front, so parallel runs never race to write it (an arm may
+        # train on its own set, e.g. the shortcut sweep's artefact-free control).
+        for cfg in {p.cfg["data"]["root"]: p.cfg for p in plans}.values():
+            _prepare_data(cfg)
     results = execute(plans, jobs, _progress_printer(console), runner)
+    from attnmel.data.synthetic import extra_test_splits
+
     if not (sweep_dir / "test_labels.csv").is_file():
         write_test_labels(sweep_dir, plans[0].cfg)
+    for split in extra_test_splits(plans[0].cfg["data"]):
+        if not (sweep_dir / f"{split}_labels.csv").is_file():
+            write_test_labels(sweep_dir, plans[0].cfg, split)
     paths = write_summary(sweep_dir, spec, results)
     failed = [r for r in results if r.status == "failed"]
     console.print(f"sweep {spec.name}: {len(results) - len(failed)}/{len(results)} runs finished in "

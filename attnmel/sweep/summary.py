@@ -11,6 +11,9 @@ and the test images both have:
 - AUC: DeLong on the seed-mean AUC (per-seed structural components averaged; see
   :mod:`attnmel.sweep.stats`): p says whether the difference could come from the test images drawn;
   per-seed DeLong p-values are in ``summary_tests.csv``.
+- AUC on each further evaluated split (``classification_<split>`` in metrics.json: ``val`` and the
+  synthetic shortcut benchmark's ``test_reversed`` / ``test_absent``): DeLong as above, on
+  ``predictions_<split>.csv`` against ``<split>_labels.csv``; shown in the "test conditions" table.
 - AP and mean Jaccard per attention map: paired bootstrap, 2000 resamples of image indices (stratified by
   label for AP), fixed seed 0, same resamples for both arms and all seeds; ``p = 2 * min(P(d* <= 0),
   P(d* >= 0))`` with +1 correction.
@@ -101,6 +104,21 @@ def read_labels(path: Path) -> dict[str, int]:
         return {r["image_id"]: int(float(r["melanoma"])) for r in csv.DictReader(f)}
 
 
+SPLIT_PREFIX = "classification_"
+SPLIT_KEYS = ("auc", "average_precision", "balanced_accuracy")
+
+
+def condition_splits(records: Sequence[RunRecord]) -> list[str]:
+    """The further splits the finished runs were scored on (``val``, ``test_reversed``, ...), in a stable order."""
+    found: list[str] = []
+    for r in records:
+        if r.ok:
+            found += [k[len(SPLIT_PREFIX):] for k, v in r.metrics.items() if k.startswith(SPLIT_PREFIX)
+                      and isinstance(v, dict) and "auc" in v and k[len(SPLIT_PREFIX):] not in found]
+    known = [s for s in ("val", "test_balanced", "test_shortcut", "test_reversed", "test_absent") if s in found]
+    return known + sorted(s for s in found if s not in known and s != "softmax_only")
+
+
 @dataclass
 class RunRecord:
     """One arm x seed as found on disk."""
@@ -160,14 +178,41 @@ def summarise_arm(records: Sequence[RunRecord]) -> dict[str, Any]:
         for key in ATTENTION_KEYS:
             mean, std, n = stats.mean_std([pr.get(m, {}).get(key) for pr in per_run])
             att[m][key] = {"mean": mean, "std": std, "n": n}
-    return {"classification": cls, "attention": att, "seeds_done": [r.seed for r in done],
+    splits: dict[str, Any] = {}
+    for split in condition_splits(done):
+        sec = [r.metrics.get(SPLIT_PREFIX + split) or {} for r in done]
+        splits[split] = {}
+        for key in SPLIT_KEYS:
+            mean, std, n = stats.mean_std([m.get(key) for m in sec])
+            splits[split][key] = {"mean": mean, "std": std, "n": n}
+    return {"classification": cls, "attention": att, "splits": splits, "seeds_done": [r.seed for r in done],
             "seeds_missing": [r.seed for r in records if not r.ok]}
+
+
+def _delong_on_split(pairs: Sequence[tuple[RunRecord, RunRecord]], split: str,
+                     labels: dict[str, int]) -> dict[str, Any] | None:
+    """DeLong on the seed-mean AUC of ``predictions_<split>.csv`` (None where a file or a class is missing)."""
+    name = f"predictions_{split}.csv"
+    if not pairs or not all((a.run_dir / name).is_file() and (b.run_dir / name).is_file() for a, b in pairs):
+        return None
+    preds = [(read_predictions(a.run_dir / name), read_predictions(b.run_dir / name)) for a, b in pairs]
+    ids = [i for i in labels if all(i in pa and i in pb for pa, pb in preds)]
+    y = np.array([labels[i] for i in ids])
+    if not len(ids) or not 0 < y.sum() < len(y):
+        return None
+    sa = np.array([[pa[i] for i in ids] for pa, _ in preds])
+    sb = np.array([[pb[i] for i in ids] for _, pb in preds])
+    d = stats.delong_test(y, sa, sb)
+    return {"delta": d.delta, "p": d.p_value, "se": d.se, "test": "DeLong (seed-mean AUC)", "n_images": len(ids),
+            "per_seed_p": {a.seed: stats.delong_test(y, sa[k], sb[k]).p_value for k, (a, _) in enumerate(pairs)}}
 
 
 def paired_tests(arm_records: Sequence[RunRecord], base_records: Sequence[RunRecord],
                  labels: dict[str, int] | None, n_resamples: int = stats.DEFAULT_RESAMPLES,
-                 seed: int = stats.DEFAULT_BOOTSTRAP_SEED) -> dict[str, Any]:
-    """DeLong (AUC) and paired bootstrap (AP, per-map mean Jaccard) of an arm against the baseline."""
+                 seed: int = stats.DEFAULT_BOOTSTRAP_SEED,
+                 split_labels: dict[str, dict[str, int]] | None = None) -> dict[str, Any]:
+    """DeLong (AUC) and paired bootstrap (AP, per-map mean Jaccard) of an arm against the baseline;
+    ``split_labels`` (``{split: labels}``) adds DeLong on those splits' AUC (``auc_splits``)."""
     base = {r.seed: r for r in base_records if r.ok}
     pairs = [(r, base[r.seed]) for r in arm_records if r.ok and r.seed in base]
     out: dict[str, Any] = {"seeds": [a.seed for a, _ in pairs]}
@@ -198,6 +243,8 @@ def paired_tests(arm_records: Sequence[RunRecord], base_records: Sequence[RunRec
             out["note"] = "predictions.csv missing: no AUC/AP test"
     else:
         out["note"] = "test labels unavailable (test_labels.csv): no AUC/AP test"
+    out["auc_splits"] = {split: t for split, lab in (split_labels or {}).items()
+                         if (t := _delong_on_split(pairs, split, lab)) is not None}
     jac: dict[str, Any] = {}
     per_a = [attention_per_image(a.metrics) for a, _ in pairs]
     per_b = [attention_per_image(b.metrics) for _, b in pairs]
@@ -219,7 +266,8 @@ def paired_tests(arm_records: Sequence[RunRecord], base_records: Sequence[RunRec
 
 
 def build_summary(sweep_dir: Path, spec: SweepSpec, records: Sequence[RunRecord],
-                  labels: dict[str, int] | None = None, n_resamples: int = stats.DEFAULT_RESAMPLES) -> dict[str, Any]:
+                  labels: dict[str, int] | None = None, n_resamples: int = stats.DEFAULT_RESAMPLES,
+                  split_labels: dict[str, dict[str, int]] | None = None) -> dict[str, Any]:
     """Everything the summary files show, as plain data (also written as ``summary.json``)."""
     by_arm = {a.name: [r for r in records if r.arm == a.name] for a in spec.arms}
     arms = []
@@ -230,7 +278,8 @@ def build_summary(sweep_dir: Path, spec: SweepSpec, records: Sequence[RunRecord]
                  runs=[{"seed": r.seed, "status": r.status, "error": r.error,
                         "report": _report_link(sweep_dir, r.run_dir)} for r in by_arm[a.name]])
         if a.name != spec.baseline:
-            s["tests"] = paired_tests(by_arm[a.name], by_arm[spec.baseline], labels, n_resamples)
+            s["tests"] = paired_tests(by_arm[a.name], by_arm[spec.baseline], labels, n_resamples,
+                                      split_labels=split_labels)
         arms.append(s)
     maps: list[str] = []
     for s in arms:
@@ -238,6 +287,7 @@ def build_summary(sweep_dir: Path, spec: SweepSpec, records: Sequence[RunRecord]
     maps.sort(key=lambda m: (m not in ("pool3", "pool4"), m))
     return {"name": spec.name, "dataset": spec.dataset, "description": spec.description,
             "baseline": spec.baseline, "seeds": spec.seeds, "maps": maps, "arms": arms,
+            "splits": condition_splits(records),
             "missing": [{"arm": r.arm, "seed": r.seed, "status": r.status, "error": r.error}
                         for r in records if not r.ok],
             "rules": {"std": "sample standard deviation over seeds (ddof=1); blank from a single seed",
@@ -316,7 +366,7 @@ def tables(summary: dict[str, Any]) -> dict[str, dict[str, Any]]:
     for a in summary["arms"]:
         for m, vals in a["attention"].items():
             other.append([a["label"], _map_label(m)] + [fmt(vals.get(k)) for k in ATTENTION_KEYS])
-    return {
+    out = {
         "table2": {"title": "Table 2: classification on the test set (mean ± std over seeds)",
                    "header": t2_header, "rows": t2},
         "table3": {"title": "Table 3: attention Jaccard against the lesion masks (mean ± std over seeds)",
@@ -324,6 +374,37 @@ def tables(summary: dict[str, Any]) -> dict[str, dict[str, Any]]:
         "attention": {"title": "Attention quality, all scores (mean ± std over seeds)",
                       "header": other_header, "rows": other},
     }
+    if summary.get("splits"):
+        out["conditions"] = conditions_table(summary)
+    return out
+
+
+def _split_label(split: str) -> str:
+    return {"val": "validation", "test": "test"}.get(split, split.replace("_", " "))
+
+
+def conditions_table(summary: dict[str, Any]) -> dict[str, Any]:
+    """AUC per evaluated split side by side (validation, test, reversed test, ...), DeLong against the baseline
+    on every split but validation, and the pool-3 / pool-4 attention Jaccard."""
+    splits = [s for s in summary.get("splits", []) if s != "test"]
+    shown = (["val"] if "val" in splits else []) + ["test"] + [s for s in splits if s != "val"]
+    tested = ["test"] + [s for s in splits if s != "val"]
+    jmaps = [m for m in ("pool3", "pool4") if m in summary["maps"]]
+    base = summary["baseline"]
+    header = (["Method", "Seeds"] + [f"AUC {_split_label(s)}" for s in shown]
+              + [f"Jaccard {_map_label(m)}" for m in jmaps] + [f"ΔAUC {_split_label(s)} vs {base}" for s in tested])
+    rows = []
+    for a in summary["arms"]:
+        t = a.get("tests") or {}
+        cells = [a["label"], f"{len(a['seeds_done'])}/{len(a['seeds_done']) + len(a['seeds_missing'])}"]
+        cells += [fmt(a["classification"]["auc"]) if s == "test" else fmt((a["splits"].get(s) or {}).get("auc"))
+                  for s in shown]
+        cells += [fmt(a["attention"].get(m, {}).get("jaccard")) for m in jmaps]
+        cells += ["baseline" if a["name"] == base else
+                  fmt_test(t.get("auc") if s == "test" else (t.get("auc_splits") or {}).get(s)) for s in tested]
+        rows.append(cells)
+    return {"title": "Test conditions: AUC per split, DeLong against the baseline (mean ± std over seeds)",
+            "header": header, "rows": rows}
 
 
 def _md(cell: str) -> str:
@@ -368,6 +449,9 @@ def csv_text(summary: dict[str, Any]) -> str:
     header += ["delta_auc", "p_auc_delong", "delta_ap", "p_ap_bootstrap"]
     for m in maps:
         header += [f"delta_jaccard_{m}", f"p_jaccard_{m}_bootstrap"]
+    splits = summary.get("splits", [])
+    for sp in splits:
+        header += [f"auc_{sp}_mean", f"auc_{sp}_std", f"delta_auc_{sp}", f"p_auc_{sp}_delong"]
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
     w.writerow(header)
@@ -392,6 +476,10 @@ def csv_text(summary: dict[str, Any]) -> str:
         for m in maps:
             jt = (t.get("jaccard") or {}).get(m) or {}
             row += [num(jt.get("delta")), num(jt.get("p"))]
+        for sp in splits:
+            cell = (a.get("splits", {}).get(sp) or {}).get("auc") or {}
+            st = (t.get("auc_splits") or {}).get(sp) or {}
+            row += [num(cell.get("mean")), num(cell.get("std")), num(st.get("delta")), num(st.get("p"))]
         w.writerow(row)
     return buf.getvalue()
 
@@ -412,6 +500,11 @@ def tests_csv_text(summary: dict[str, Any]) -> str:
                             t[key]["test"]])
         for s, p in (t.get("auc") or {}).get("per_seed_p", {}).items():
             w.writerow([a["name"], summary["baseline"], "auc", s, "", repr(p), "DeLong (this seed)"])
+        for sp, st in (t.get("auc_splits") or {}).items():
+            w.writerow([a["name"], summary["baseline"], f"auc_{sp}", seeds, repr(st["delta"]), repr(st["p"]),
+                        st["test"]])
+            for sd, p in st.get("per_seed_p", {}).items():
+                w.writerow([a["name"], summary["baseline"], f"auc_{sp}", sd, "", repr(p), "DeLong (this seed)"])
         for m, jt in (t.get("jaccard") or {}).items():
             w.writerow([a["name"], summary["baseline"], f"jaccard_{m}", seeds, repr(jt["delta"]), repr(jt["p"]),
                         jt["test"]])
@@ -468,7 +561,9 @@ def write_summary(sweep_dir: str | Path, spec: SweepSpec, results: Iterable[Any]
     records = collect(sweep_dir, spec, results)
     labels_path = sweep_dir / "test_labels.csv"
     labels = read_labels(labels_path) if labels_path.is_file() else None
-    summary = build_summary(sweep_dir, spec, records, labels, n_resamples)
+    split_labels = {sp: read_labels(sweep_dir / f"{sp}_labels.csv") for sp in condition_splits(records)
+                    if (sweep_dir / f"{sp}_labels.csv").is_file()}
+    summary = build_summary(sweep_dir, spec, records, labels, n_resamples, split_labels=split_labels)
     paths = {"json": sweep_dir / "summary.json", "csv": sweep_dir / "summary.csv", "md": sweep_dir / "summary.md",
              "html": sweep_dir / "summary.html", "tests": sweep_dir / "summary_tests.csv",
              "plot": sweep_dir / PLOT_FILE}

@@ -281,7 +281,7 @@ def _train_locked(cfg: dict, run_dir: Path, resume: bool, evaluate_after: bool) 
     if not checkpoint_path(run_dir, BEST).is_file():
         raise file_error(run_dir, "training finished without a checkpoint (was there any validation data?)")
     if evaluate_after and trainer.is_global_zero:
-        evaluate(run_dir, split="test")
+        evaluate_tests(run_dir)
     return run_dir
 
 
@@ -416,6 +416,18 @@ def evaluate(run_dir: str | Path, split: str = "test") -> dict:
     update_metrics(run.run_dir, {f"classification{suffix}": metrics, "split": split, **extra,
                                  "checkpoint": str(run.checkpoint.relative_to(run.run_dir))})
     return metrics
+
+
+def evaluate_tests(run_dir: str | Path) -> dict:
+    """``evaluate`` on ``test``; returns its metrics. A synthetic set with ``data.synthetic.extra_tests`` (the
+    shortcut benchmark) is scored first on ``val`` and on each extra test split (``test_reversed``, ...),
+    so that metrics.json holds them side by side (``classification_val``, ``classification_test_reversed``)."""
+    from attnmel.data.synthetic import extra_test_splits
+
+    extra = extra_test_splits(load_run(run_dir).cfg["data"])
+    for split in ("val", *extra) if extra else ():
+        evaluate(run_dir, split=split)
+    return evaluate(run_dir, split="test")  # last, so metrics.json's "split" stays "test"
 
 
 def _svm_average(run: LoadedRun, dm, softmax: np.ndarray, feats: np.ndarray) -> np.ndarray:

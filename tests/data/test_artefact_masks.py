@@ -21,6 +21,8 @@ def _with_artefacts(src: Path, dest: Path, splits=("train", "val", "test")) -> P
     """A copy of a synthetic set with an artefact mask per image: for train the lesion mask itself (so the
     train transform's geometry can be checked against the mask's), elsewhere the top-left quarter."""
     shutil.copytree(src, dest)
+    for old in dest.glob("ISIC-2017_*_Artefact_GroundTruth"):  # the generator's own, replaced by known ones
+        shutil.rmtree(old)
     for split in splits:
         tag = TAGS[split]
         out = dest / f"ISIC-2017_{tag}_Artefact_GroundTruth"
@@ -46,9 +48,9 @@ def _dm(root: Path, tmp_path: Path, cache: bool = True) -> AttnMelDataModule:
 
 
 def test_reader_picks_up_artefact_masks_only_where_the_folder_is(synthetic_root, tmp_path):
-    plain = read_split("synthetic", synthetic_root, "test")
-    assert not plain.has_artefacts and all(s.artefact is None for s in plain.samples)
     root = _with_artefacts(synthetic_root, tmp_path / "art", splits=("test",))
+    plain = read_split("synthetic", root, "val")
+    assert not plain.has_artefacts and all(s.artefact is None for s in plain.samples)
     idx = read_split("synthetic", root, "test")
     assert idx.has_artefacts
     assert all(s.artefact.name == f"{s.image_id}_artefact.png" for s in idx.samples)
@@ -74,5 +76,5 @@ def test_batches_carry_the_artefact_through_the_images_geometry(synthetic_root, 
 
 
 def test_split_without_artefact_folder_has_no_artefact_key(synthetic_root, tmp_path):
-    dm = _dm(synthetic_root, tmp_path)
+    dm = _dm(_with_artefacts(synthetic_root, tmp_path / "art", splits=("train",)), tmp_path)
     assert "artefact" not in next(iter(dm.eval_dataloader("test")))

@@ -59,7 +59,19 @@ def _synthetic(root: str | Path, split: str, num_classes: int = 2) -> DatasetInd
         if not complete:
             raise file_error(root_path, "synthetic dataset is incomplete (its generation was interrupted): "
                                         f"run `attnmel data synth --out {root_path}` again")
-    return isic2017.read(root, split, num_classes, dataset="synthetic")
+    return isic2017.read(root, split, num_classes, dataset="synthetic", split_tags=synthetic_split_tags())
+
+
+def synthetic_split_tags() -> dict[str, tuple[str, ...]]:
+    """Folder tags of the synthetic set's extra test splits (``test_reversed`` -> ``Test_Reversed``, ...)."""
+    from attnmel.data.synthetic import EXTRA_TEST_TAGS
+
+    return {split: (tag,) for split, tag in EXTRA_TEST_TAGS.items()}
+
+
+def known_splits(dataset: str) -> tuple[str, ...]:
+    """The splits ``read_split`` accepts for ``dataset``: train/val/test, and for synthetic the extra tests."""
+    return SPLITS + tuple(synthetic_split_tags()) if dataset == "synthetic" else SPLITS
 
 
 _READERS: dict[str, Callable[..., DatasetIndex]] = {
@@ -75,8 +87,8 @@ def read_split(dataset: str, root: str | Path, split: str, num_classes: int = 2,
     """Index one split (``train``, ``val``, ``test``) of a dataset folder; see the module doc for ``opts``."""
     if dataset not in _READERS:
         raise AttnMelError(f"unknown dataset {dataset!r} (known: {', '.join(DATASETS)})")
-    if split not in SPLITS:
-        raise AttnMelError(f"unknown split {split!r} (known: {', '.join(SPLITS)})")
+    if split not in known_splits(dataset):
+        raise AttnMelError(f"unknown split {split!r} (known: {', '.join(known_splits(dataset))})")
     unknown = sorted(set(opts) - set(OPTIONS))
     if unknown:
         raise AttnMelError(f"unknown reader option{'s' if len(unknown) > 1 else ''} {', '.join(unknown)} "

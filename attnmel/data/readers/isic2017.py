@@ -37,15 +37,16 @@ CLASSES_3 = ["nevus", "melanoma", "seborrheic_keratosis"]
 
 
 def read(root: str | Path, split: str, num_classes: int = 2, dataset: str = "isic2017",
-         labels_optional: bool = False) -> DatasetIndex:
+         labels_optional: bool = False, split_tags: dict[str, tuple[str, ...]] | None = None) -> DatasetIndex:
     """Index one split of an ISIC 2017 download (no decoding).
 
     ``labels_optional``: without the Part 3 CSV (a Part 1-only download, for segmentation) every image gets
-    label 0 instead of an error.
+    label 0 instead of an error. ``split_tags``: folder tags of splits beyond train/val/test (the synthetic
+    set's extra test conditions).
     """
     check_num_classes(dataset, num_classes, (2, 3))
     root = check_root(root)
-    tags = SPLIT_TAGS[split]
+    tags = {**SPLIT_TAGS, **(split_tags or {})}[split]
     data_dir = find_dir(root, [f"ISIC-2017_{t}_Data" for t in tags])
     if data_dir is None:
         raise missing_folder(root, f"ISIC-2017_{tags[0]}_Data", split, "ISIC-2017_", "ISIC 2017")
