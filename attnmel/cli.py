@@ -70,6 +70,8 @@ def build_parser() -> argparse.ArgumentParser:
     sg.add_argument("run_dir", type=Path)
     sg.add_argument("images", nargs="+", type=Path)
     sg.add_argument("--out", type=Path, required=True)
+    sg.add_argument("--attributes", action="store_true",
+                    help="an attribute run (ISIC 2018 Task 2): one <id>_attribute_<name>.png per attribute")
 
     d = sub.add_parser("demo", help="synthetic data -> train -> evaluate -> report, on a CPU in minutes")
     d.add_argument("--out", type=Path, default=Path("runs/demo"))
@@ -147,7 +149,7 @@ def dispatch(args: argparse.Namespace) -> int | None:
     if args.cmd == "segment":
         from attnmel.train.segment import segment_images
 
-        segment_images(args.run_dir, args.images, args.out)
+        segment_images(args.run_dir, args.images, args.out, attributes=args.attributes)
         return 0
     if args.cmd == "demo":
         return _demo(args)

@@ -107,8 +107,8 @@ def validate(cfg: Config) -> None:
         raise AttnMelError(f"config: data.image_size must be a positive multiple of 32, got {size!r}")
     if cfg["data"]["resize"] < size:
         raise AttnMelError(f"config: data.resize ({cfg['data']['resize']}) is smaller than data.image_size ({size})")
-    if cfg["data"]["num_classes"] not in (2, 3, 7):
-        raise AttnMelError(f"config: data.num_classes must be 2, 3 or 7, got {cfg['data']['num_classes']!r}")
+    if cfg["data"]["num_classes"] not in (1, 2, 3, 7, 8):  # 1: segmentation-only sets; 8: isic2019
+        raise AttnMelError(f"config: data.num_classes must be 1, 2, 3, 7 or 8, got {cfg['data']['num_classes']!r}")
 
 
 def dump(cfg: Config) -> str:

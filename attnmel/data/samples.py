@@ -23,6 +23,8 @@ class Sample:
     mask: Path | None = None
     dermo: tuple[Path, Path] | None = None
     group: str | None = None  # e.g. HAM10000 lesion_id: splits never separate a group
+    # ISIC 2018 Task 2: one 0/255 PNG per attribute, in ATTRIBUTES order (attnmel.data.readers.isic2018_task2)
+    attributes: tuple[Path, ...] | None = None
 
 
 @dataclass
@@ -50,6 +52,10 @@ class DatasetIndex:
     @property
     def has_dermo(self) -> bool:
         return bool(self.samples) and all(s.dermo is not None for s in self.samples)
+
+    @property
+    def has_attributes(self) -> bool:
+        return bool(self.samples) and all(s.attributes is not None for s in self.samples)
 
     def labels(self) -> list[int]:
         return [s.label for s in self.samples]

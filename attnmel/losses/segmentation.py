@@ -1,15 +1,19 @@
-"""Segmentation losses on lesion logits (B,1,H,W) against binary masks (B,1,H,W) in {0,1}.
+"""Segmentation losses on logits (B,C,H,W) against binary masks (B,C,H,W) in {0,1}.
 
-``dice``: soft Dice on ``sigmoid(logits)``, computed per image and averaged over the batch (so a small
+C is 1 for lesion masks and 5 for the ISIC 2018 Task 2 attributes (one sigmoid output each).
+``dice``: soft Dice on ``sigmoid(logits)``, computed per image and channel and averaged (so a small
 lesion counts as much as a large one), ``1 - (2*sum(p*m) + eps) / (sum(p) + sum(m) + eps)``. The
 epsilon sits in numerator and denominator so an empty mask predicted empty scores 0, not 1.
-``bce``: binary cross-entropy with logits, mean over pixels. ``dice_bce``: their sum.
+``bce``: binary cross-entropy with logits, mean over pixels; ``loss.pos_weight`` weighs each channel's
+positive pixels (rare, small attributes need it: a number for all channels, a list, or a mapping of
+attribute name -> weight; 1 elsewhere). ``dice_bce``: their sum.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Sequence
 
+import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
@@ -19,11 +23,11 @@ SEGMENTATION_LOSSES = ("dice", "bce", "dice_bce")
 
 
 def soft_dice_loss(logits: Tensor, target: Tensor, eps: float = 1.0) -> Tensor:
-    """Per-image soft Dice loss, averaged over the batch."""
+    """Soft Dice loss per image and channel, averaged over both."""
     # float32 at least: bf16/fp16 sums over a whole image would round the overlap away.
-    p = logits.float().sigmoid().flatten(1)
-    m = target.float().flatten(1)
-    dice = (2 * (p * m).sum(1) + eps) / (p.sum(1) + m.sum(1) + eps)
+    p = logits.float().sigmoid().flatten(2)
+    m = target.float().flatten(2)
+    dice = (2 * (p * m).sum(-1) + eps) / (p.sum(-1) + m.sum(-1) + eps)
     return (1 - dice).mean()
 
 
@@ -39,33 +43,62 @@ class DiceLoss(nn.Module):
 
 
 class BCELoss(nn.Module):
-    """Binary cross-entropy with logits, mean over all pixels."""
+    """Binary cross-entropy with logits, mean over all pixels; ``pos_weight`` (C,) per channel or None."""
+
+    def __init__(self, pos_weight: Sequence[float] | None = None) -> None:
+        super().__init__()
+        w = torch.as_tensor(pos_weight, dtype=torch.float32).view(1, -1, 1, 1) if pos_weight is not None else None
+        self.register_buffer("pos_weight", w, persistent=False)
 
     def forward(self, logits: Tensor, target: Tensor) -> Tensor:
-        return F.binary_cross_entropy_with_logits(logits.float(), target.float())
+        return F.binary_cross_entropy_with_logits(logits.float(), target.float(), pos_weight=self.pos_weight)
 
 
 class DiceBCELoss(nn.Module):
     """Dice + BCE: BCE gives well-scaled pixel gradients early, Dice targets the overlap metric."""
 
-    def __init__(self, eps: float = 1.0) -> None:
+    def __init__(self, eps: float = 1.0, pos_weight: Sequence[float] | None = None) -> None:
         super().__init__()
         self.dice = DiceLoss(eps)
-        self.bce = BCELoss()
+        self.bce = BCELoss(pos_weight)
 
     def forward(self, logits: Tensor, target: Tensor) -> Tensor:
         return self.dice(logits, target) + self.bce(logits, target)
 
 
-def build_segmentation_loss(loss_cfg: dict[str, Any]) -> nn.Module:
-    """The loss named by ``loss_cfg["name"]`` (dice | bce | dice_bce)."""
+def positive_weights(setting: Any, channels: Sequence[str]) -> list[float] | None:
+    """``loss.pos_weight`` as one weight per channel (None: unweighted); one-line errors for bad values."""
+    if setting is None:
+        return None
+    if isinstance(setting, dict):
+        unknown = sorted(set(setting) - set(channels))
+        if unknown:
+            raise AttnMelError(f"config: loss.pos_weight names unknown output(s) {', '.join(map(str, unknown))} "
+                               f"(outputs: {', '.join(channels)})")
+        values = [setting.get(c, 1.0) for c in channels]
+    elif isinstance(setting, (list, tuple)):
+        if len(setting) != len(channels):
+            raise AttnMelError(f"config: loss.pos_weight has {len(setting)} values for {len(channels)} outputs "
+                               f"({', '.join(channels)})")
+        values = list(setting)
+    else:
+        values = [setting] * len(channels)
+    for v in values:
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not v > 0:
+            raise AttnMelError(f"config: loss.pos_weight values must be positive numbers, got {v!r}")
+    return [float(v) for v in values]
+
+
+def build_segmentation_loss(loss_cfg: dict[str, Any], channels: Sequence[str] = ("lesion",)) -> nn.Module:
+    """The loss named by ``loss_cfg["name"]`` (dice | bce | dice_bce) for outputs named ``channels``."""
     name = loss_cfg.get("name")
+    pos_weight = positive_weights(loss_cfg.get("pos_weight"), channels)
     if name == "dice":
         return DiceLoss()
     if name == "bce":
-        return BCELoss()
+        return BCELoss(pos_weight)
     if name == "dice_bce":
-        return DiceBCELoss()
+        return DiceBCELoss(pos_weight=pos_weight)
     raise AttnMelError(
         f"loss.name '{name}' is not a segmentation loss; "
         f"known: {', '.join(SEGMENTATION_LOSSES)}"

@@ -82,7 +82,7 @@ CLASSIFIERS: dict[str, Callable[[dict[str, Any], int], Classifier]] = {
     "resnet50": _resnet50,
     "densenet121": _densenet121,
 }
-SEGMENTER_NAMES: tuple[str, ...] = ("unet", "fcrn", "maskrcnn")
+SEGMENTER_NAMES: tuple[str, ...] = ("unet", "fcrn", "maskrcnn", "segnet")
 CLASSIFIER_NAMES: tuple[str, ...] = tuple(CLASSIFIERS)
 MODEL_NAMES: tuple[str, ...] = CLASSIFIER_NAMES + SEGMENTER_NAMES
 

@@ -1,10 +1,13 @@
-"""Lesion segmenters: U-Net, FCRN (ResNet-50, multi-scale fusion) and Mask R-CNN.
+"""Segmenters: U-Net, FCRN (ResNet-50, multi-scale fusion), Mask R-CNN and SegNet (VGG-16-BN).
 
-Every segmenter is a plain ``nn.Module`` whose ``forward(x: (B,3,H,W))`` returns lesion logits
-(B,1,H,W) at the input's size. ``attnmel.models.build_model`` delegates these names here.
+Every segmenter is a plain ``nn.Module`` whose ``forward(x: (B,3,H,W))`` returns logits
+(B,C,H,W) at the input's size: C = 1 for lesion masks, C = 5 for the ISIC 2018 Task 2 attributes
+(``out_channels``; Mask R-CNN then has one class per attribute). ``attnmel.models.build_model``
+delegates these names here.
 
-``model_cfg`` keys read (defaults.yaml ``model``): ``pretrained`` (all three), ``width`` (U-Net:
-channel multiplier of a 32-channel first stage), and ``options``, the model's own settings (an unknown one
+``model_cfg`` keys read (defaults.yaml ``model``): ``pretrained`` (all), ``width`` (U-Net:
+channel multiplier of a 32-channel first stage; SegNet: of VGG-16's channels, 1.0 for ImageNet weights),
+and ``options``, the model's own settings (an unknown one
 is an error): ``fuse_strides`` (FCRN); ``min_size``, ``max_size``, ``score_threshold``,
 ``trainable_backbone_layers``, ``detector_options`` (keyword arguments of torchvision's ``MaskRCNN``)
 (Mask R-CNN). E.g. ``model.options.score_threshold=0.3``.
@@ -20,18 +23,19 @@ from torch import nn
 
 from attnmel.errors import AttnMelError
 
-SEGMENTERS = ("unet", "fcrn", "maskrcnn")
+SEGMENTERS = ("unet", "fcrn", "maskrcnn", "segnet")
 UNET_BASE_WIDTH = 32
 
 log = logging.getLogger(__name__)
 
 
-OPTIONS = {"unet": (), "fcrn": ("fuse_strides",),
+OPTIONS = {"unet": (), "fcrn": ("fuse_strides",), "segnet": (),
            "maskrcnn": ("min_size", "max_size", "score_threshold", "trainable_backbone_layers", "detector_options")}
 
 
-def build_segmenter(name: str, model_cfg: dict[str, Any]) -> nn.Module:
-    """Build the segmenter ``name`` (unet | fcrn | maskrcnn) from the ``model`` config section."""
+def build_segmenter(name: str, model_cfg: dict[str, Any], out_channels: int = 1) -> nn.Module:
+    """Build the segmenter ``name`` (unet | fcrn | maskrcnn | segnet) with ``out_channels`` outputs from the
+    ``model`` config section."""
     options = _mapping(model_cfg.get("options"), "options")
     unknown = sorted(set(options) - set(OPTIONS.get(name, ())))
     if unknown:
@@ -46,7 +50,7 @@ def build_segmenter(name: str, model_cfg: dict[str, Any]) -> nn.Module:
         if not 0 < width <= 8:
             raise AttnMelError(f"model.width for unet is a multiplier of {UNET_BASE_WIDTH} "
                                f"channels in (0, 8], got {width}")
-        model = UNet(base_width=max(1, round(UNET_BASE_WIDTH * width)))
+        model = UNet(base_width=max(1, round(UNET_BASE_WIDTH * width)), out_channels=out_channels)
         from attnmel.models.weights import parse_pretrained
 
         spec = parse_pretrained(pretrained)
@@ -60,12 +64,20 @@ def build_segmenter(name: str, model_cfg: dict[str, Any]) -> nn.Module:
             log.warning("unet has no ImageNet weights: training from scratch (set model.pretrained=none "
                         "to silence this)")
         return model
+    if name == "segnet":
+        from attnmel.models.segmentation.segnet import segnet
+
+        width = _number(model_cfg.get("width", 1.0), "width")
+        if not 0 < width <= 1:
+            raise AttnMelError(f"model.width for segnet is a multiplier of VGG-16's channels in (0, 1], got {width}")
+        return segnet(out_channels=out_channels, width=width, pretrained=pretrained)
     if name in ("fcrn", "maskrcnn") and _number(model_cfg.get("width", 1.0), "width") != 1.0:
         raise AttnMelError(f"model.width must be 1.0 for {name} (its ResNet-50 encoder has fixed widths)")
     if name == "fcrn":
         from attnmel.models.segmentation.fcrn import FCRN
 
-        return FCRN(pretrained=pretrained, fuse_strides=model_cfg.get("fuse_strides", (8, 16, 32)))
+        return FCRN(pretrained=pretrained, fuse_strides=model_cfg.get("fuse_strides", (8, 16, 32)),
+                    out_channels=out_channels)
     if name == "maskrcnn":
         from attnmel.models.segmentation.maskrcnn import MaskRCNNSegmenter
 
@@ -80,6 +92,7 @@ def build_segmenter(name: str, model_cfg: dict[str, Any]) -> nn.Module:
             score_threshold=_number(model_cfg.get("score_threshold", 0.5), "score_threshold"),
             trainable_backbone_layers=layers,
             detector_options=_mapping(model_cfg.get("detector_options"), "detector_options"),
+            num_classes=out_channels,
         )
     raise AttnMelError(f"unknown segmentation model '{name}'; known: {', '.join(SEGMENTERS)}")
 
