@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+import stat
 from pathlib import Path
 from typing import Callable, Iterable, Mapping
 
@@ -75,6 +76,15 @@ def check_fraction(name: str, value: float) -> float:
     return value
 
 
+def _read_only(folder: Path) -> bool:
+    """A folder without write permission bits. Root may write anyway; a dataset someone made read-only
+    (a shared download) must not gain files, so the bits are honoured rather than ``os.access``."""
+    try:
+        return not folder.stat().st_mode & (stat.S_IWUSR | stat.S_IWGRP | stat.S_IWOTH)
+    except OSError:
+        return True
+
+
 def persisted_split(root: Path, file_name: str, key_column: str, keys: Iterable[str], allowed: Iterable[str],
                     draw: Callable[[], dict[str, str]], source: Path,
                     cache_dir: str | Path | None = None) -> tuple[dict[str, str], Path]:
@@ -91,6 +101,8 @@ def persisted_split(root: Path, file_name: str, key_column: str, keys: Iterable[
     text = f"{key_column},split\n" + "".join(f"{k},{assignment[k]}\n" for k in sorted(assignment))
     path = root / file_name
     try:
+        if _read_only(root):
+            raise PermissionError(f"{root} is read-only")
         write_text(path, text)
     except OSError:
         path = cache_folder(root, cache_dir) / file_name
