@@ -303,3 +303,37 @@ def test_evaluate_attributes_writes_the_official_score(tmp_path, attr_root):
     assert scores["per_attribute"]["globules"]["jaccard"] == pytest.approx(share)
     saved = json.loads((run / "metrics.json").read_text())["attributes"]
     assert saved["overall"] == pytest.approx(scores["overall"]) and len(saved["per_image"]) == 6
+
+
+@pytest.mark.slow
+def test_multi_label_unet_fit_beats_all_empty_on_the_official_metric(tmp_path):
+    """Train the synthetic attribute config briefly, write the test split with ``segment --attributes`` and
+    score it with the official scorer, against a submission of all-empty masks."""
+    task2 = pytest.importorskip("isic_challenge_scoring.task2")
+    from attnmel import config as config_mod
+    from attnmel.cli import main
+    from attnmel.train import run as run_mod
+
+    experiments = Path(__file__).resolve().parents[1] / "experiments"
+    root = tmp_path / "syn"
+    cfg = config_mod.load_config(experiments / "attributes_synthetic.yaml", [
+        f"data.root={root}", f"out_dir={tmp_path}", "name=attr", f"data.cache_dir={tmp_path / 'cache'}",
+        "data.synthetic.n=100", "data.batch_size=8", "model.width=0.25", "optim.lr=0.005",
+        "trainer.max_epochs=8", "trainer.progress_bar=false"])
+    run = run_mod.train(cfg)
+    truth = root / "ISIC2018_Task2_Test_GroundTruth"
+    images = sorted((root / "ISIC2018_Task1-2_Test_Input").glob("*.jpg"))
+    pred = tmp_path / "pred"
+    assert main(["segment", str(run), *map(str, images), "--out", str(pred), "--attributes"]) == 0
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    for p in truth.iterdir():
+        Image.fromarray(np.zeros_like(np.asarray(Image.open(p)))).save(empty / p.name)
+    ours, none = task2.score(truth, pred), task2.score(truth, empty)
+    assert none["overall"] == 0.0
+    assert ours["overall"] > 0.1, ours
+    # Our metric on the run's own evaluation agrees with the official one on the same predictions.
+    import json
+
+    saved = json.loads((run / "metrics.json").read_text())["attributes"]
+    assert saved["overall"] == pytest.approx(ours["overall"], abs=1e-9)
