@@ -225,6 +225,11 @@ def _print_headline(run_dir: Path) -> None:
     path = Path(run_dir) / "metrics.json"
     if path.is_file():
         m = json.loads(path.read_text())
+        if "attributes" in m and not m.get("segmentation"):
+            a = m["attributes"]
+            print(f"{run_dir}: task2_jaccard={a['overall']:.4f}  task2_dice={a['micro_average']['dice']:.4f}  "
+                  f"n_images={a['n_images']}")
+            return
         cls = m.get("classification") or m.get("segmentation") or {}
         print(f"{run_dir}: {_format_metrics(cls)}")
 

@@ -10,7 +10,7 @@ Inputs are boolean masks; the scorer's rule for files is ``> 128`` on 8-bit PNGs
 
 from __future__ import annotations
 
-from typing import Any, Mapping, Sequence
+from typing import Any, Sequence
 
 import numpy as np
 import torch
@@ -114,7 +114,3 @@ class Task2Jaccard(Metric):
         """Each attribute's Jaccard from the accumulated matrices."""
         return [jaccard_dice(c)["jaccard"] for c in self.cm.cpu().numpy()]
 
-
-def as_boolean_stack(masks: Mapping[str, np.ndarray], attributes: Sequence[str]) -> np.ndarray:
-    """(C, H, W) bool from ``{name: mask}`` in ``attributes`` order."""
-    return np.stack([np.asarray(masks[a], dtype=bool) for a in attributes])

@@ -145,6 +145,11 @@ def ensure_predicted_masks(seg_run_dir: str | Path, dataset: str, root: str | Pa
         todo += [s for s in index.samples if not (out / f"{s.image_id}_segmentation.png").is_file()]
     if todo:
         run = _load_segmentation_run(seg_run_dir)
+        from attnmel.train.segmentation import segmentation_outputs
+
+        if segmentation_outputs(run.cfg) != ("lesion",):
+            raise AttnMelError(f"{seg_run_dir}: data.masks needs a lesion segmentation run; this one detects "
+                               "attributes")
         _write_masks(run, [s.image for s in todo], out, ids=[s.image_id for s in todo], progress=progress)
     return out
 
