@@ -23,6 +23,8 @@ def _add_data(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--spurious", action="store_true",
                    help="plant an artefact outside the lesion that tracks the label in train only")
+    s.add_argument("--attributes", action="store_true",
+                   help="lesions with the five ISIC 2018 Task 2 attributes, in the Task 2 layout")
     c = dsub.add_parser("check", help="verify a download: images, labels and masks per split and class")
     c.add_argument("--dataset", required=True)
     c.add_argument("--root", required=True, type=Path)
@@ -158,6 +160,12 @@ def dispatch(args: argparse.Namespace) -> int | None:
 
 def _data(args: argparse.Namespace) -> int:
     if args.data_cmd == "synth":
+        if args.attributes:
+            from attnmel.data.synthetic_attributes import generate_attributes
+
+            out = generate_attributes(args.out, n=args.n, size=args.size, seed=args.seed)
+            print(f"synthetic attribute dataset written to {out}")
+            return 0
         from attnmel.data.synthetic import generate
 
         out = generate(args.out, n=args.n, size=args.size, seed=args.seed, spurious=args.spurious)

@@ -337,3 +337,13 @@ def test_multi_label_unet_fit_beats_all_empty_on_the_official_metric(tmp_path):
 
     saved = json.loads((run / "metrics.json").read_text())["attributes"]
     assert saved["overall"] == pytest.approx(ours["overall"], abs=1e-9)
+
+
+def test_cli_synth_attributes_then_data_check(tmp_path, capsys):
+    from attnmel.cli import main
+
+    out = tmp_path / "syn"
+    assert main(["data", "synth", "--attributes", "--out", str(out), "--n", "12", "--size", "32"]) == 0
+    assert main(["data", "check", "--dataset", "synthetic_attributes", "--root", str(out)]) == 0
+    assert "ok: every image" in capsys.readouterr().out
+    assert main(["data", "check", "--dataset", "synthetic_attributes", "--root", str(tmp_path / "none")]) == 2
