@@ -352,7 +352,7 @@ class AttnMelDataModule(pl.LightningDataModule):
             kind = "lesion masks" if what == "mask" else "dermoscopic-feature masks (ISIC 2017 Part 2)"
             user = "task segmentation" if (what == "mask" and self.segmentation) else f"regulariser '{self.regulariser}'"
             hint = ("; give data.masks=<folder of predicted masks> or set loss.regulariser=none" if what == "mask"
-                    else "; use isic2017 or another regulariser")
+                    else "; use isic2017 (Part 2) or isic2018_task2 (attribute masks), or another regulariser")
             if what == "mask" and self.masks_dir is not None:
                 hint = f"; {self.masks_dir} does not have them all either"
             raise file_error(self.root, f"dataset '{self.dataset_name}' has no {kind} for {missing} of {len(have)} "
