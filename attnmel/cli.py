@@ -33,6 +33,8 @@ def _add_data(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--extra-tests", default=None, help="extra test splits, e.g. reversed,absent -> test_reversed, ...")
     s.add_argument("--difficulty", type=float, default=None, help="lesion-cue difficulty in [0, 1] (default 0)")
     s.add_argument("--no-clutter", action="store_true", help="no label-independent rulers / lens corners")
+    s.add_argument("--attributes", action="store_true",
+                   help="lesions with the five ISIC 2018 Task 2 attributes, in the Task 2 layout")
     c = dsub.add_parser("check", help="verify a download: images, labels and masks per split and class")
     c.add_argument("--dataset", required=True)
     c.add_argument("--root", required=True, type=Path)
@@ -87,6 +89,8 @@ def build_parser() -> argparse.ArgumentParser:
     sg.add_argument("run_dir", type=Path)
     sg.add_argument("images", nargs="+", type=Path)
     sg.add_argument("--out", type=Path, required=True)
+    sg.add_argument("--attributes", action="store_true",
+                    help="an attribute run (ISIC 2018 Task 2): one <id>_attribute_<name>.png per attribute")
 
     d = sub.add_parser("demo", help="synthetic data -> train -> evaluate -> report, on a CPU in minutes")
     d.add_argument("--out", type=Path, default=Path("runs/demo"))
@@ -200,7 +204,7 @@ def dispatch(args: argparse.Namespace) -> int | None:
         from attnmel.train.rundir import load_run
         from attnmel.train.segment import segment_images
 
-        segment_images(load_run(args.run_dir), args.images, args.out)
+        segment_images(load_run(args.run_dir), args.images, args.out, attributes=args.attributes)
         return 0
     if args.cmd == "demo":
         return _demo(args)
@@ -230,6 +234,12 @@ def _data(args: argparse.Namespace) -> int:
         if (args.out / MARKER).is_file() and not args.force:
             raise AttnMelError(f"{args.out}: already holds a synthetic dataset (runs may point at it); "
                                "pass --force to replace it, or choose another --out")
+        if args.attributes:
+            from attnmel.data.synthetic_attributes import generate_attributes
+
+            out = generate_attributes(args.out, n=args.n, size=args.size, seed=args.seed)
+            print(f"synthetic attribute dataset written to {out}")
+            return 0
         extra = [c.strip() for c in args.extra_tests.split(",") if c.strip()] if args.extra_tests else None
         opts = options_from_config({
             "n": args.n, "size": args.size, "seed": args.seed, "spurious": args.spurious, "artefact": args.artefact,
@@ -301,6 +311,11 @@ def _print_headline(run_dir: Path) -> None:
     path = Path(run_dir) / "metrics.json"
     if path.is_file():
         m = json.loads(path.read_text())
+        if "attributes" in m and not m.get("segmentation"):
+            a = m["attributes"]
+            print(f"{run_dir}: task2_jaccard={a['overall']:.4f}  task2_dice={a['micro_average']['dice']:.4f}  "
+                  f"n_images={a['n_images']}")
+            return
         cls = m.get("classification") or m.get("segmentation") or {}
         print(f"{run_dir}: {_format_metrics(cls)}")
 

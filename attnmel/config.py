@@ -269,6 +269,18 @@ def _path_or_null(v: Any) -> Any:
     return v
 
 
+def _pos_weight(v: Any) -> Any:
+    # Its per-output form (a mapping of output names) is checked where the outputs are known
+    # (attnmel.losses.segmentation.positive_weights); here only its type.
+    if v is None or isinstance(v, dict):
+        return v
+    if isinstance(v, str):
+        v = _num(0.0, lo_open=True)(v)
+    if isinstance(v, (list, tuple)) or (isinstance(v, (int, float)) and not isinstance(v, bool)):
+        return v
+    raise ValueError("a positive number, a list of them, or a mapping of output name to weight")
+
+
 _NONNEG = _num(0.0)
 CHECKS: dict[str, Check] = {
     "name": _str(none=True), "out_dir": _str(), "seed": _int(0), "task": _str(("classification", "segmentation")),
@@ -281,7 +293,7 @@ CHECKS: dict[str, Check] = {
     "data.val_fraction": _num(0.0, 1.0, lo_open=True), "data.masks": _path_or_null,
     "data.crop_to_mask": _str(("crop", "masked"), none=True), "data.crop_margin": _NONNEG,
     "data.synthetic.n": _int(10), "data.synthetic.size": _int(32), "data.synthetic.spurious": _bool,
-    "data.synthetic.seed": _int(0),
+    "data.synthetic.seed": _int(0), "data.split_file": _path_or_null,
     # The generator (attnmel.data.synthetic) checks these again against its own tables when it runs.
     "data.synthetic.artefact": _str(("sticker", "ruler", "ink", "lens", "bubbles")),
     "data.synthetic.melanoma_rate": _num(0.0, 1.0), "data.synthetic.benign_rate": _num(0.0, 1.0),
@@ -295,7 +307,7 @@ CHECKS: dict[str, Check] = {
     "model.name": _str(), "model.pretrained": _str(), "model.attention": _str(("sigmoid", "softmax")),
     "model.attention_layers": _list(_str(), "a list of layer names"), "model.width": _num(0.0, lo_open=True),
     "model.svm": _bool,
-    "loss.name": _str(), "loss.gamma": _NONNEG, "loss.regulariser": _str(none=True),
+    "loss.name": _str(), "loss.gamma": _NONNEG, "loss.pos_weight": _pos_weight, "loss.regulariser": _str(none=True),
     "optim.name": _str(), "optim.lr": _num(0.0, lo_open=True), "optim.momentum": _num(0.0, 1.0),
     "optim.nesterov": _bool, "optim.weight_decay": _NONNEG, "optim.step_size": _int(1),
     "optim.gamma": _num(0.0, lo_open=True),
@@ -355,8 +367,8 @@ def validate(cfg: Config) -> None:
         raise AttnMelError(f"config: data.image_size must be a positive multiple of 32, got {size!r}")
     if cfg["data"]["resize"] < size:
         raise AttnMelError(f"config: data.resize ({cfg['data']['resize']}) is smaller than data.image_size ({size})")
-    if cfg["data"]["num_classes"] not in (2, 3, 7):
-        raise AttnMelError(f"config: data.num_classes must be 2, 3 or 7, got {cfg['data']['num_classes']!r}")
+    if cfg["data"]["num_classes"] not in (1, 2, 3, 7, 8):  # 1: segmentation-only sets; 8: isic2019
+        raise AttnMelError(f"config: data.num_classes must be 1, 2, 3, 7 or 8, got {cfg['data']['num_classes']!r}")
 
 
 def changed_keys(old: Config, new: Config) -> list[str]:

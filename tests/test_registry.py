@@ -35,7 +35,7 @@ def test_register_get_tags_and_errors() -> None:
 def test_every_named_kind_is_registered() -> None:
     assert MODELS.names(task="classification") == ("attnmel", "mel_cnn", "vgg16", "vgg16_gap", "resnet50",
                                                    "densenet121")
-    assert MODELS.names(task="segmentation") == ("unet", "fcrn", "maskrcnn")
+    assert MODELS.names(task="segmentation") == ("unet", "fcrn", "maskrcnn", "segnet")
     assert MODELS.tags("fcrn")["options"] == ("fuse_strides",)
     assert set(LOSSES.names(task="classification")) == {"focal", "ce"}
     assert set(LOSSES.names(task="segmentation")) == {"dice", "bce", "dice_bce"}

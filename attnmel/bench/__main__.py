@@ -8,7 +8,7 @@ import sys
 import time
 from pathlib import Path
 
-PARTS = ("data", "model", "segmentation", "report")
+PARTS = ("data", "cache_scale", "model", "segmentation", "report")
 
 
 def main(argv: list[str] | None = None) -> int:

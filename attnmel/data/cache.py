@@ -3,7 +3,9 @@
 ISIC JPEGs are up to several thousand pixels a side; decoding them every epoch dominates a CPU run. One
 pass decodes every image of a split (JPEGs in draft mode, at the smallest power-of-two reduction that still
 leaves ``resize`` pixels across the crop), applies the base step of :mod:`attnmel.data.transforms` and
-writes ``images.npy`` (N, R, R, 3), ``masks.npy`` / ``dermo.npy`` / ``artefacts.npy`` (N, R, R) into a folder under
+writes ``images.npy`` (N, R, R, 3), ``masks.npy`` / ``dermo.npy`` / ``artefacts.npy`` (N, R, R) and, for ISIC 2018
+Task 2,
+``attributes.npy`` (N, R, R; bit k = attribute k, see :func:`pack_attributes`) into a folder under
 ``data.cache_dir`` that later runs open with ``mmap_mode="r"``.
 
 The folder name carries a hash of the dataset, split, base spec and every source file's path, size and
@@ -37,7 +39,7 @@ import numpy as np
 
 from attnmel.data.images import image_size, load_dermo_mask, load_image, load_lesion_mask, load_mask
 from attnmel.data.samples import Sample
-from attnmel.data.transforms import BaseSpec, base_mask, base_preprocess, crop_box, draft_min_side
+from attnmel.data.transforms import BaseSpec, base_mask, base_preprocess, crop_box, draft_min_side, resize_label_map
 from attnmel.errors import AttnMelError, file_error
 
 log = logging.getLogger("attnmel.data")
@@ -67,6 +69,7 @@ class SourceFiles:
     crop_mask_predicted: bool = False
     dermo: tuple[Path, Path] | None = None
     artefact: Path | None = None  # the artefact mask (synthetic sets), through the image's geometry like mask
+    attributes: tuple[Path, ...] | None = None  # ISIC 2018 Task 2 masks; their union also serves as dermo
 
     def files(self) -> list[Path]:
         out = [self.image]
@@ -75,7 +78,29 @@ class SourceFiles:
                 out.append(p)
         if self.dermo is not None:
             out.extend(self.dermo)
+        if self.attributes is not None:
+            out.extend(self.attributes)
         return out
+
+    @property
+    def has_dermo(self) -> bool:
+        """A dermoscopic-feature mask: ISIC 2017 Part 2, else the union of the Task 2 attribute masks."""
+        return self.dermo is not None or self.attributes is not None
+
+
+def pack_attributes(masks: Sequence[np.ndarray]) -> np.ndarray:
+    """Up to 8 binary masks (H, W) as one uint8 map, bit k = mask k: nearest resizing keeps every bit."""
+    if len(masks) > 8:
+        raise ValueError(f"at most 8 masks fit in a uint8 map, got {len(masks)}")
+    out = np.zeros(masks[0].shape, dtype=np.uint8)
+    for k, m in enumerate(masks):
+        out |= (np.asarray(m) > 0).astype(np.uint8) << k
+    return out
+
+
+def unpack_attributes(packed: np.ndarray, n: int) -> np.ndarray:
+    """The (n, H, W) uint8 0/1 masks of a :func:`pack_attributes` map."""
+    return (packed[None] >> np.arange(n, dtype=np.uint8)[:, None, None]) & 1
 
 
 def predicted_masks(masks_dir: str | Path) -> dict[str, Path]:
@@ -111,7 +136,7 @@ def resolve_sources(samples: Sequence[Sample], masks_dir: str | Path | None = No
             raise file_error(s.image, f"data.crop_to_mask={spec.crop_to_mask} needs a lesion mask for "
                                       f"{s.image_id} and there is none{where}")
         out.append(SourceFiles(s.image_id, Path(s.image), mask, mask_pred, crop if spec and spec.crop_to_mask else None,
-                               crop_pred, s.dermo, s.artefact))
+                               crop_pred, s.dermo, s.artefact, attributes=getattr(s, "attributes", None)))
     return out
 
 
@@ -134,16 +159,30 @@ def load_preprocessed(src: SourceFiles, spec: BaseSpec) -> Arrays:
     This is both what the cache stores and what an uncached dataset computes per item (the artefact mask:
     :func:`load_preprocessed_artefact`).
     """
+    return load_item(src, spec)[0]
+
+
+def load_item(src: SourceFiles, spec: BaseSpec) -> tuple[Arrays, np.ndarray | None]:
+    """:func:`load_preprocessed`'s arrays and the packed attribute map uint8 (R, R) (None without attributes).
+
+    Attribute masks must have the image's size (an error naming the file otherwise); without an ISIC 2017
+    Part 2 pair, their union is the item's dermo mask.
+    """
     W, H = image_size(src.image)
     if min(W, H) * SMALL_FACTOR < spec.resize:
         _warn_small(src.image, W, H, spec.resize)
     mask = _load_any_mask(src.mask, src.mask_predicted, W, H) if src.mask is not None else None
     crop = _crop_of(src, mask, W, H)
     dermo = load_dermo_mask(src.dermo[0], src.dermo[1], expected_hw=(H, W)) if src.dermo is not None else None
+    attrs = [load_mask(p, expected_hw=(H, W)) for p in src.attributes] if src.attributes is not None else None
+    if attrs and dermo is None:
+        dermo = np.logical_or.reduce(attrs)
     box = crop_box(W, H, spec, crop if spec.crop_to_mask else None)
     image = load_image(src.image, draft_min_side=draft_min_side(W, H, box, spec.resize))
-    return base_preprocess(image, (W, H), spec, mask=mask, dermo=dermo,
-                           crop_mask=crop if spec.crop_to_mask else None)
+    arrays = base_preprocess(image, (W, H), spec, mask=mask, dermo=dermo,
+                             crop_mask=crop if spec.crop_to_mask else None)
+    packed = resize_label_map(pack_attributes(attrs), box, (W, H), spec.resize) if attrs else None
+    return arrays, packed
 
 
 SMALL_FACTOR = 4  # an image whose short side is under resize / 4 is upsampled more than 4x: almost surely wrong
@@ -186,8 +225,9 @@ class DecodeSource:
     def __init__(self, sources: Sequence[SourceFiles], spec: BaseSpec) -> None:
         self.sources, self.spec = list(sources), spec
         self.has_mask = np.array([s.mask is not None for s in self.sources], dtype=bool)
-        self.has_dermo = np.array([s.dermo is not None for s in self.sources], dtype=bool)
+        self.has_dermo = np.array([s.has_dermo for s in self.sources], dtype=bool)
         self.has_artefact = np.array([s.artefact is not None for s in self.sources], dtype=bool)
+        self.has_attributes = np.array([s.attributes is not None for s in self.sources], dtype=bool)
 
     def __len__(self) -> int:
         return len(self.sources)
@@ -197,6 +237,9 @@ class DecodeSource:
 
     def get_artefact(self, i: int) -> np.ndarray | None:
         return load_preprocessed_artefact(self.sources[i], self.spec)
+    def attributes(self, i: int) -> np.ndarray | None:
+        """The packed attribute map (R, R) of item ``i`` (None without attributes)."""
+        return load_item(self.sources[i], self.spec)[1] if self.has_attributes[i] else None
 
 
 # ------------------------------------------------------------------------------------------------ keys
@@ -222,6 +265,8 @@ def cache_keys(dataset: str, split: str, sources: Sequence[SourceFiles], spec: B
         flags = [s.mask is not None, s.mask_predicted, s.crop_mask is not None, s.dermo is not None]
         if s.artefact is not None:  # appended only then, so caches of sets without artefacts keep their keys
             flags.append("artefact")
+        if s.attributes is not None:  # appended only then: caches of other datasets keep their keys
+            flags.append("attributes")
         ident_items.append([s.image_id, paths, flags])
         key_items.append([s.image_id, paths, flags, [_stat(p) for p in s.files()]])
     ident = hashlib.sha256(json.dumps({**head, "items": ident_items}).encode()).hexdigest()
@@ -246,6 +291,7 @@ class PreprocessCache:
         self.has_mask = np.array(meta["has_mask"], dtype=bool)
         self.has_dermo = np.array(meta["has_dermo"], dtype=bool)
         self.has_artefact = np.array(meta.get("has_artefact") or [False] * self.n, dtype=bool)
+        self.has_attributes = np.array(meta.get("has_attributes", [False] * self.n), dtype=bool)
         self._arrays: dict[str, np.ndarray] | None = None
         # Mapped now: forked DataLoader workers inherit the mapping, which stays readable even if a
         # later run replaces this cache (a source file changed) while this one is still training.
@@ -261,10 +307,10 @@ class PreprocessCache:
         return state
 
     def arrays(self) -> dict[str, np.ndarray]:
-        """``{"images", "masks"?, "dermo"?}`` as read-only memmaps."""
+        """``{"images", "masks"?, "dermo"?, "artefacts"?, "attributes"?}`` as read-only memmaps."""
         if self._arrays is None:
             arrs = {"images": np.load(self.path / "images.npy", mmap_mode="r")}
-            for name in ("masks", "dermo", "artefacts"):
+            for name in ("masks", "dermo", "artefacts", "attributes"):
                 if (self.path / f"{name}.npy").exists():
                     arrs[name] = np.load(self.path / f"{name}.npy", mmap_mode="r")
             self._arrays = arrs
@@ -281,6 +327,10 @@ class PreprocessCache:
         """Item ``i``'s artefact mask uint8 (R, R), or None."""
         return np.array(self.arrays()["artefacts"][i]) if self.has_artefact[i] else None
 
+    def attributes(self, i: int) -> np.ndarray | None:
+        """The packed attribute map (R, R) of item ``i`` (None without attributes)."""
+        return np.array(self.arrays()["attributes"][i]) if self.has_attributes[i] else None
+
 
 def _open_valid(path: Path, key: str) -> PreprocessCache | None:
     """The cache at ``path`` if it is complete and built for ``key``; anything else is not trusted."""
@@ -296,6 +346,8 @@ def _open_valid(path: Path, key: str) -> PreprocessCache | None:
             shapes["dermo"] = (n, R, R)
         if any(meta.get("has_artefact") or []):
             shapes["artefacts"] = (n, R, R)
+        if any(meta.get("has_attributes", [])):
+            shapes["attributes"] = (n, R, R)
         for name, shape in shapes.items():
             arr = np.load(path / f"{name}.npy", mmap_mode="r")
             if arr.shape != shape or arr.dtype != np.uint8:
@@ -457,25 +509,30 @@ def _build(tmp: Path, dataset: str, split: str, sources: list[SourceFiles], spec
 
     n, R = len(sources), spec.resize
     has_mask = [s.mask is not None for s in sources]
-    has_dermo = [s.dermo is not None for s in sources]
+    has_dermo = [s.has_dermo for s in sources]
     has_artefact = [s.artefact is not None for s in sources]
-    needed = n * R * R * (3 + any(has_mask) + any(has_dermo) + any(has_artefact))
+    has_attributes = [s.attributes is not None for s in sources]
+    needed = n * R * R * (3 + any(has_mask) + any(has_dermo) + any(has_artefact) + any(has_attributes))
     _check_space(tmp.parent, needed)
     images = open_memmap(tmp / "images.npy", mode="w+", dtype=np.uint8, shape=(n, R, R, 3))
     masks = open_memmap(tmp / "masks.npy", mode="w+", dtype=np.uint8, shape=(n, R, R)) if any(has_mask) else None
     dermo = open_memmap(tmp / "dermo.npy", mode="w+", dtype=np.uint8, shape=(n, R, R)) if any(has_dermo) else None
     artefacts = (open_memmap(tmp / "artefacts.npy", mode="w+", dtype=np.uint8, shape=(n, R, R))
                  if any(has_artefact) else None)
-    for name, arr in (("images", images), ("masks", masks), ("dermo", dermo), ("artefacts", artefacts)):
+    attrs = (open_memmap(tmp / "attributes.npy", mode="w+", dtype=np.uint8, shape=(n, R, R))
+             if any(has_attributes) else None)
+    for name, arr in (("images", images), ("masks", masks), ("dermo", dermo), ("artefacts", artefacts),
+                      ("attributes", attrs)):
         if arr is not None:
             _reserve(tmp / f"{name}.npy", tmp.parent, needed)
     t0 = time.perf_counter()
     prog, task = _progress(progress, f"caching {dataset} {split} ({n} images, {R}px)", n)
     with prog:
-        results = ordered_map(lambda s: (load_preprocessed(s, spec), load_preprocessed_artefact(s, spec)),
-                              sources, workers)
-        for i, ((img, m, d), art) in enumerate(results):
+        results = ordered_map(lambda s: (load_item(s, spec), load_preprocessed_artefact(s, spec)), sources, workers)
+        for i, (((img, m, d), a), art) in enumerate(results):
             images[i] = img
+            if a is not None:
+                attrs[i] = a
             if m is not None:
                 masks[i] = m
             if d is not None:
@@ -483,13 +540,13 @@ def _build(tmp: Path, dataset: str, split: str, sources: list[SourceFiles], spec
             if art is not None:
                 artefacts[i] = art
             prog.advance(task)
-    for arr in (images, masks, dermo, artefacts):
+    for arr in (images, masks, dermo, artefacts, attrs):
         if arr is not None:
             arr.flush()
-    del images, masks, dermo, artefacts
+    del images, masks, dermo, artefacts, attrs
     meta = {"version": CACHE_VERSION, "key": key, "dataset": dataset, "split": split, "n": n, "resize": R,
             "spec": spec.as_dict(), "ids": [s.image_id for s in sources], "has_mask": has_mask,
-            "has_dermo": has_dermo, "has_artefact": has_artefact,
+            "has_dermo": has_dermo, "has_artefact": has_artefact, "has_attributes": has_attributes,
             "build_seconds": round(time.perf_counter() - t0, 3), "complete": True}
     # meta.json last: a folder without it is never trusted (see _open_valid).
     (tmp / "meta.json").write_text(json.dumps(meta), encoding="utf-8")

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from attnmel.data.readers import DATASETS, NUM_CLASSES, SEGMENTATION_ONLY, read_split
+from attnmel.data.readers import ATTRIBUTES, DATASETS, NUM_CLASSES, SEGMENTATION_ONLY, read_split
 from attnmel.data.readers._common import NO_IMAGE, NO_LABEL, check_root
 from attnmel.data.readers.validate import inspect_all
 from attnmel.data.samples import SPLITS
@@ -34,6 +34,7 @@ class SplitCheck:
     nonbinary_masks: list[str] = field(default_factory=list)
     low_masks: list[str] = field(default_factory=list)  # no value above 128: read as empty
     small_images: list[str] = field(default_factory=list)  # short side under SMALL_SIDE px
+    attributes: dict[str, int] = field(default_factory=dict)  # ISIC 2018 Task 2: images with each attribute
     error: str | None = None
 
     @property
@@ -127,6 +128,11 @@ def check_split(dataset: str, root: Path, split: str, num_classes: int, **opts: 
             out.unreadable.append(res.dermo_error)
         elif sample.dermo is not None:
             out.with_dermo[name] += 1
+        if res.attributes_error:
+            out.unreadable.append(res.attributes_error)
+        elif sample.attributes is not None:
+            for attr, present in zip(ATTRIBUTES, res.attributes_present):
+                out.attributes[attr] = out.attributes.get(attr, 0) + int(present)
     return out
 
 
@@ -190,6 +196,9 @@ def render_check(result: CheckResult, console: Any = None) -> None:
         if s.low_masks:
             console.print(f"{s.split}: warning: {len(s.low_masks)} mask(s) with no value above 128, read as empty "
                           f"(expected 0/255): {_few(s.low_masks)}", markup=False, highlight=False)
+        if s.attributes:
+            console.print(f"{s.split}: images showing each attribute: "
+                          + ", ".join(f"{a} {s.attributes[a]}" for a in ATTRIBUTES), markup=False, highlight=False)
         if s.nonbinary_masks:
             console.print(f"{s.split}: {len(s.nonbinary_masks)} mask(s) not strictly 0/255 (thresholded at > 128): "
                           f"{_few(s.nonbinary_masks)}", markup=False, highlight=False)

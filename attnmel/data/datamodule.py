@@ -2,8 +2,10 @@
 
 Batches (see docs/DESIGN.md): ``image`` float (B, 3, H, W) normalised; ``label`` long (B,); ``mask`` float
 (B, 1, H, W) in {0, 1} when every image of the split has a lesion mask (the dataset's, or a predicted one
-from ``data.masks``); ``dermo`` likewise for dermoscopic-feature masks; ``artefact`` likewise for artefact
-masks (synthetic sets, :attr:`DatasetIndex.has_artefacts`); ``image_id`` list[str]; ``index``
+from ``data.masks``); ``dermo`` likewise for dermoscopic-feature masks (ISIC 2017 Part 2, or the union of
+the ISIC 2018 Task 2 attribute masks); ``artefact`` likewise for artefact masks (synthetic sets,
+:attr:`DatasetIndex.has_artefacts`); ``attributes`` float (B, 5, H, W) in {0, 1}, the Task 2 masks in
+``ATTRIBUTES`` order, for segmentation on an attribute dataset; ``image_id`` list[str]; ``index``
 long (B,) into the split's samples. Prediction batches (:meth:`AttnMelDataModule.predict_dataset`) have no
 ``label``.
 
@@ -35,6 +37,7 @@ from attnmel.data.cache import (
     load_preprocessed,
     predicted_masks,
     resolve_sources,
+    unpack_attributes,
 )
 from attnmel.data.samples import DatasetIndex
 from attnmel.data.transforms import BaseSpec, EvalTransform, TrainTransform, normalization_from_cfg
@@ -132,10 +135,11 @@ class AttnMelDataset(Dataset):
     def __init__(self, index: DatasetIndex, source: PreprocessCache | DecodeSource,
                  transform: TrainTransform | EvalTransform, rows: Sequence[int] | None = None,
                  with_mask: bool = False, with_dermo: bool = False, seed: int = 0,
-                 with_artefact: bool = False) -> None:
+                 with_artefact: bool = False, with_attributes: int = 0) -> None:
         self.index, self.source, self.transform = index, source, transform
         self.rows = np.asarray(rows if rows is not None else range(len(index.samples)), dtype=np.int64)
         self.with_mask, self.with_dermo, self.with_artefact = with_mask, with_dermo, with_artefact
+        self.with_attributes = int(with_attributes)  # how many attribute masks the batch carries (0: none)
         self.seed = int(seed)
         self._gen: torch.Generator | None = None
 
@@ -170,6 +174,8 @@ class AttnMelDataset(Dataset):
             masks["dermo"] = dermo
         if self.with_artefact:
             masks["artefact"] = self.source.get_artefact(i)
+        if self.with_attributes:
+            masks["attributes"] = unpack_attributes(self.source.attributes(i), self.with_attributes)
         out = self.transform(img, masks, generator=gen)
         sample = self.index.samples[i]
         out["label"] = torch.tensor(sample.label, dtype=torch.long)
@@ -268,6 +274,10 @@ class AttnMelDataModule(pl.LightningDataModule):
         self.need_masks = key == "mask" if need_masks is None else bool(need_masks)
         self.need_dermo = key == "dermo" if need_dermo is None else bool(need_dermo)
         self.segmentation = cfg.get("task") == "segmentation"
+        from attnmel.data.readers import ATTRIBUTE_DATASETS
+
+        # Segmentation on an attribute dataset learns the five Task 2 masks, not the lesion mask.
+        self.attribute_target = self.segmentation and self.dataset_name in ATTRIBUTE_DATASETS
         self.spec = BaseSpec.from_cfg(self.data_cfg)
         self.mean, self.std = normalization_from_cfg(self.data_cfg)
         self.image_size = int(self.data_cfg["image_size"])
@@ -287,7 +297,15 @@ class AttnMelDataModule(pl.LightningDataModule):
         self._ensure_synthetic()
 
     def _ensure_synthetic(self) -> None:
-        if self.dataset_name != "synthetic" or self.root.exists() or self._indexes:
+        if self.dataset_name not in ("synthetic", "synthetic_attributes") or self.root.exists() or self._indexes:
+            return
+        syn = self.data_cfg.get("synthetic") or {}
+        if self.dataset_name == "synthetic_attributes":
+            from attnmel.data.synthetic_attributes import generate_attributes
+
+            log.info("generating the synthetic attribute set in %s", self.root)
+            generate_attributes(self.root, n=int(syn.get("n", 600)), size=int(syn.get("size", 96)),
+                                seed=int(syn.get("seed", 0)), progress=self.progress)
             return
         from attnmel.data.synthetic import generate, options_from_config
 
@@ -311,7 +329,8 @@ class AttnMelDataModule(pl.LightningDataModule):
                                               num_classes=int(self.data_cfg["num_classes"]),
                                               val_fraction=float(self.data_cfg.get("val_fraction", 0.2)),
                                               cache_dir=self.data_cfg.get("cache_dir") or ".cache/attnmel",
-                                              labels_optional=self.segmentation)
+                                              labels_optional=self.segmentation,
+                                              split_file=self.data_cfg.get("split_file"))
         return self._indexes[split]
 
     @property
@@ -340,9 +359,10 @@ class AttnMelDataModule(pl.LightningDataModule):
 
     def _check_masks(self, split: str, index: DatasetIndex, sources: list[SourceFiles], what: str) -> bool:
         """Whether every item has the mask ``what`` ("mask" / "dermo"); raise if it is needed and missing."""
-        have = [(s.mask if what == "mask" else s.dermo) is not None for s in sources]
+        have = [s.mask is not None if what == "mask" else s.has_dermo for s in sources]
         complete = bool(have) and all(have)
-        needed = (what == "mask" and (self.segmentation or (self.need_masks and split == "train"))) or \
+        lesion_target = self.segmentation and not self.attribute_target
+        needed = (what == "mask" and (lesion_target or (self.need_masks and split == "train"))) or \
                  (what == "dermo" and self.need_dermo and split == "train")
         if needed and not complete:
             missing = len(have) - sum(have)
@@ -350,7 +370,7 @@ class AttnMelDataModule(pl.LightningDataModule):
             user = ("task segmentation" if (what == "mask" and self.segmentation)
                     else f"regulariser '{self.regulariser}'")
             hint = ("; give data.masks=<folder of predicted masks> or set loss.regulariser=none" if what == "mask"
-                    else "; use isic2017 or another regulariser")
+                    else "; use isic2017 (Part 2) or isic2018_task2 (attribute masks), or another regulariser")
             if what == "mask" and self.masks_dir is not None:
                 hint = f"; {self.masks_dir} does not have them all either"
             raise file_error(self.root, f"dataset '{self.dataset_name}' has no {kind} for {missing} of {len(have)} "
@@ -379,8 +399,15 @@ class AttnMelDataModule(pl.LightningDataModule):
         else:
             rows = None
             transform = EvalTransform(self.image_size, self.mean, self.std)
+        with_attributes = 0
+        if self.attribute_target:
+            if not index.has_attributes:
+                raise file_error(self.root, f"dataset '{self.dataset_name}' {split}: every image needs its "
+                                            "attribute masks for attribute segmentation")
+            with_attributes = len(index.samples[0].attributes)
         ds = AttnMelDataset(index, source, transform, rows, with_mask=with_mask, with_dermo=with_dermo,
-                            seed=self.seed + (0 if train else 1), with_artefact=with_artefact)
+                            seed=self.seed + (0 if train else 1), with_artefact=with_artefact,
+                            with_attributes=with_attributes)
         self._datasets[name] = ds
         return ds
 

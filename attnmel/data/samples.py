@@ -26,6 +26,8 @@ class Sample:
     dermo: tuple[Path, Path] | None = None
     group: str | None = None  # e.g. HAM10000 lesion_id: splits never separate a group
     artefact: Path | None = None
+    # ISIC 2018 Task 2: one 0/255 PNG per attribute, in ATTRIBUTES order (attnmel.data.readers.isic2018_task2)
+    attributes: tuple[Path, ...] | None = None
 
 
 @dataclass
@@ -58,6 +60,8 @@ class DatasetIndex:
     def has_artefacts(self) -> bool:
         """Every image of the split has an artefact mask (so shares of attention on artefacts are defined)."""
         return bool(self.samples) and all(s.artefact is not None for s in self.samples)
+    def has_attributes(self) -> bool:
+        return bool(self.samples) and all(s.attributes is not None for s in self.samples)
 
     def labels(self) -> list[int]:
         return [s.label for s in self.samples]

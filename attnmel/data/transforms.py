@@ -219,6 +219,12 @@ def display_size(box: Box, max_side: int | None) -> tuple[int, int]:
     return max(1, int(round(bw * scale))), max(1, int(round(bh * scale)))
 
 
+def resize_label_map(arr: np.ndarray, box: Box, full_wh: tuple[int, int], size: int) -> np.ndarray:
+    """A uint8 label map (e.g. packed attribute bits) through the base step's crop and resize, nearest
+    neighbour so no value is blended into another; ``box`` as :func:`crop_box` gives it."""
+    return _crop_resize(np.ascontiguousarray(arr, dtype=np.uint8), box, full_wh, size, nearest=True)
+
+
 def base_preprocess(image: np.ndarray, full_size: tuple[int, int], spec: BaseSpec,
                     mask: np.ndarray | None = None, dermo: np.ndarray | None = None,
                     crop_mask: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None]:

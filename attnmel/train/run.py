@@ -358,7 +358,12 @@ def ensure_predicted_masks(seg_run_dir: str | Path, dataset: str, root: str | Pa
     out = predicted_masks_dir(seg_run_dir, dataset)
     todo = samples_without_masks(dataset, root, out, num_classes=num_classes)
     if todo:
+        from attnmel.train.segmentation import segmentation_outputs
+
         run = check_segmentation_run(load_run(seg_run_dir))
+        if segmentation_outputs(run.cfg) != ("lesion",):
+            raise AttnMelError(f"{seg_run_dir}: data.masks needs a lesion segmentation run; this one detects "
+                               "attributes")
         write_masks(run, [s.image for s in todo], out, ids=[s.image_id for s in todo], progress=progress)
     return out
 
@@ -394,8 +399,13 @@ def evaluate(run_dir: str | Path, split: str = "test") -> dict:
 
     run = load_run(run_dir)
     if run.cfg.get("task", "classification") == "segmentation":
-        from attnmel.train.segment import evaluate_segmentation
+        from attnmel.train.segment import evaluate_attributes, evaluate_segmentation
+        from attnmel.train.segmentation import segmentation_outputs
 
+        if segmentation_outputs(run.cfg) != ("lesion",):  # ISIC 2018 Task 2: the official attribute score
+            scores = evaluate_attributes(run, split)
+            update_metrics(run.run_dir, {"attributes": scores, "split": split})
+            return scores
         scores = evaluate_segmentation(run, split)
         update_metrics(run.run_dir, {"segmentation": scores, "split": split})
         return scores

@@ -174,8 +174,9 @@ def load_run(run_dir: str | Path, which: str = BEST) -> LoadedRun:
     model_cfg = {**cfg["model"], "pretrained": "none"}
     if cfg.get("task", "classification") == "segmentation":
         from attnmel.models.segmentation import build_segmenter
+        from attnmel.train.segmentation import segmentation_outputs
 
-        model = build_segmenter(model_cfg["name"], model_cfg)
+        model = build_segmenter(model_cfg["name"], model_cfg, out_channels=len(segmentation_outputs(cfg)))
     else:
         model = build_model(model_cfg, num_classes=len(meta["class_names"]))
     state = {k.removeprefix("model."): v for k, v in ckpt["state_dict"].items() if k.startswith("model.")}

@@ -1,8 +1,8 @@
-"""Segmentation runs: masks at each image's full size (``attnmel segment``) and the ISIC Task 1 scores.
+"""Segmentation runs: masks at each image's full size (``attnmel segment``) and the ISIC Task 1 / Task 2 scores.
 
-The functions here take a loaded run (:class:`attnmel.train.run.LoadedRun`) and never read or write the run
-folder's bookkeeping themselves: :mod:`attnmel.train.run` loads runs, resolves ``data.masks`` and writes
-``metrics.json``, so this module does not import it.
+A run on an attribute dataset (ISIC 2018 Task 2) predicts the five attribute masks; ``attnmel segment
+--attributes`` writes them as ``<id>_attribute_<name>.png`` (the official names), and evaluation gives the
+official Task 2 score (:mod:`attnmel.metrics.attributes`) in ``metrics.json["attributes"]``.
 """
 
 from __future__ import annotations
@@ -29,13 +29,20 @@ def _prepare(image: np.ndarray, data_cfg: dict, mean: list[float], std: list[flo
 @torch.inference_mode()
 def predict_full_size(model: torch.nn.Module, image: np.ndarray, data_cfg: dict, mean: list[float],
                       std: list[float]) -> np.ndarray:
-    """Lesion probability (H, W) at the image's own size."""
+    """Lesion probability (H, W) at the image's own size (a multi-output segmenter: its first output)."""
+    return predict_outputs_full_size(model, image, data_cfg, mean, std)[0]
+
+
+@torch.inference_mode()
+def predict_outputs_full_size(model: torch.nn.Module, image: np.ndarray, data_cfg: dict, mean: list[float],
+                              std: list[float]) -> np.ndarray:
+    """Every output's probability (C, H, W) at the image's own size."""
     logits = model(_prepare(image, data_cfg, mean, std))
     if isinstance(logits, (tuple, list)):
         logits = logits[0]
     prob = torch.sigmoid(logits.float())
     prob = F.interpolate(prob, size=image.shape[:2], mode="bilinear", align_corners=False)
-    return prob[0, 0].numpy()
+    return prob[0].numpy()
 
 
 def _norm_stats(cfg: dict) -> tuple[list[float], list[float]]:
@@ -74,9 +81,46 @@ def write_masks(run, images: list[Path], out_dir: Path, ids: list[str] | None = 
     return written
 
 
-def segment_images(run, images: list[Path], out_dir: Path) -> list[Path]:
-    """Write ``<id>_segmentation.png`` (8-bit, 0/255, the image's size) per image: the official format."""
-    written = write_masks(check_segmentation_run(run), [Path(p) for p in images], Path(out_dir))
+def _write_attribute_masks(run, images: list[Path], out_dir: Path, progress: bool = True) -> list[Path]:
+    from PIL import Image
+    from rich.progress import track
+
+    from attnmel.data.images import load_image
+    from attnmel.data.readers.isic2018_task2 import attribute_file_name
+    from attnmel.io import atomic_path
+    from attnmel.train.segmentation import segmentation_outputs
+
+    outputs = segmentation_outputs(run.cfg)
+    mean, std = _norm_stats(run.cfg)
+    written = []
+    for path in track(images, description="segmenting attributes", disable=not progress or len(images) < 2):
+        probs = predict_outputs_full_size(run.model, load_image(path), run.cfg["data"], mean, std)
+        for name, prob in zip(outputs, probs):
+            target = Path(out_dir) / attribute_file_name(Path(path).stem, name)
+            with atomic_path(target) as tmp:
+                Image.fromarray(((prob > 0.5) * 255).astype(np.uint8), mode="L").save(tmp, format="PNG")
+            written.append(target)
+    return written
+
+
+def segment_images(run, images: list[Path], out_dir: Path, attributes: bool = False) -> list[Path]:
+    """Write ``<id>_segmentation.png`` (8-bit, 0/255, the image's size) per image: the official format.
+
+    ``attributes``: the run is an attribute segmenter; write ``<id>_attribute_<name>.png`` per attribute
+    (the ISIC 2018 Task 2 submission names) instead.
+    """
+    from attnmel.train.segmentation import segmentation_outputs
+
+    run = check_segmentation_run(run)
+    run_dir = run.run_dir
+    is_attr = segmentation_outputs(run.cfg) != ("lesion",)
+    if attributes and not is_attr:
+        raise AttnMelError(f"{run_dir}: --attributes needs a run trained on attribute masks "
+                           f"(dataset {run.cfg['data']['dataset']} gives lesion masks)")
+    if is_attr and not attributes:
+        raise AttnMelError(f"{run_dir}: this run detects attributes: pass --attributes")
+    images = [Path(p) for p in images]
+    written = (_write_attribute_masks if attributes else write_masks)(run, images, Path(out_dir))
     print(f"{len(written)} masks written to {out_dir}")
     return written
 
@@ -115,3 +159,24 @@ def evaluate_segmentation(run, split: str = "test") -> dict:
         truths.append(load_mask(s.mask, image.shape[:2]))
         preds.append(predict_full_size(run.model, image, d, mean, std) > 0.5)
     return segmentation_metrics(preds, truths, image_ids=[s.image_id for s in samples])
+
+
+def evaluate_attributes(run, split: str = "test") -> dict:
+    """The official ISIC 2018 Task 2 scores of an attribute run on a split, each image at full resolution;
+    with the per-image numbers (the caller records them in ``metrics.json["attributes"]``)."""
+    from attnmel.data.images import load_image, load_mask
+    from attnmel.data.readers import read_split
+    from attnmel.metrics.attributes import normalised_confusion, scores_from_confusions
+    from attnmel.train.segmentation import segmentation_outputs
+
+    d = run.cfg["data"]
+    outputs = segmentation_outputs(run.cfg)
+    index = read_split(d["dataset"], d["root"], split, num_classes=int(d["num_classes"]))
+    mean, std = _norm_stats(run.cfg)
+    cms = np.zeros((len(index.samples), len(outputs), 4))
+    for i, s in enumerate(index.samples):  # one image at a time: full-size masks are large
+        image = load_image(s.image)
+        probs = predict_outputs_full_size(run.model, image, d, mean, std)
+        for a, path in enumerate(s.attributes):
+            cms[i, a] = normalised_confusion(probs[a] > 0.5, load_mask(path, image.shape[:2]))
+    return scores_from_confusions(cms, outputs, [s.image_id for s in index.samples])

@@ -1,9 +1,12 @@
-"""The LightningModule for lesion segmenters (U-Net, FCRN, Mask R-CNN).
+"""The LightningModule for segmenters (U-Net, FCRN, Mask R-CNN, SegNet): lesion masks or attributes.
 
-Batches are the DataModule's dicts: ``image`` (B,3,H,W) normalised, ``mask`` (B,1,H,W) in {0,1}.
-Logged: ``train_loss`` (step and epoch), ``val_loss`` and ``val_jaccard`` (epoch means over images);
-the names follow the classification module's. ``val_jaccard`` is a quick model-selection score at the
-training resolution; the ISIC Task 1 scores at full resolution are :mod:`attnmel.metrics.segmentation`.
+Batches are the DataModule's dicts: ``image`` (B,3,H,W) normalised, ``mask`` (B,1,H,W) in {0,1}; on an
+attribute dataset (ISIC 2018 Task 2) the target is ``attributes`` (B,5,H,W) and the segmenter has one
+sigmoid output per attribute (:func:`segmentation_outputs`).
+Logged: ``train_loss`` (step and epoch), ``val_loss`` and ``val_jaccard``; the names follow the
+classification module's. ``val_jaccard`` is a quick model-selection score at the training resolution:
+the mean per-image Jaccard for lesions, the Task 2 micro-averaged Jaccard for attributes. The official
+scores at full resolution are :mod:`attnmel.metrics.segmentation` and :mod:`attnmel.metrics.attributes`.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ from torch import Tensor
 
 from attnmel.errors import AttnMelError
 from attnmel.losses.segmentation import build_segmentation_loss
+from attnmel.metrics.attributes import Task2Jaccard
 from attnmel.models.segmentation import build_segmenter
 from attnmel.train.optim import configure_optimisers
 
@@ -34,6 +38,19 @@ def jaccard_per_image(logits: Tensor, masks: Tensor, threshold: float = 0.5) -> 
     inter = (pred & gt).sum(1).float()
     union = (pred | gt).sum(1).float()
     return torch.where(union > 0, inter / union.clamp_min(1), torch.ones_like(union))
+
+
+def segmentation_outputs(cfg: dict) -> tuple[str, ...]:
+    """The names of a segmentation config's outputs: ``("lesion",)``, or the five ISIC 2018 Task 2
+    attributes when the dataset is an attribute dataset."""
+    from attnmel.data.readers import ATTRIBUTE_DATASETS, ATTRIBUTES
+
+    return tuple(ATTRIBUTES) if cfg["data"]["dataset"] in ATTRIBUTE_DATASETS else ("lesion",)
+
+
+def target_key(outputs: tuple[str, ...]) -> str:
+    """The batch key holding the target of a segmenter with these outputs."""
+    return "mask" if outputs == ("lesion",) else "attributes"
 
 
 def plain_data(obj: Any) -> Any:
@@ -64,14 +81,17 @@ class SegmentationModule(pl.LightningModule):
         self.cfg = plain_data(cfg)
         # Under "cfg" so Lightning's load_from_checkpoint can call SegmentationModule(cfg=...).
         self.save_hyperparameters({"cfg": self.cfg})
-        self.model = build_segmenter(self.cfg["model"]["name"], self.cfg["model"])
+        self.outputs = segmentation_outputs(self.cfg)
+        self.target = target_key(self.outputs)
+        self.model = build_segmenter(self.cfg["model"]["name"], self.cfg["model"], out_channels=len(self.outputs))
+        self.val_task2 = Task2Jaccard(len(self.outputs)) if self.target == "attributes" else None
         self.uses_detection_loss = hasattr(self.model, "training_step_loss")
         # Mask R-CNN takes a list of images and resizes them itself: channels_last would not reach it.
         self.channels_last = bool(self.cfg.get("trainer", {}).get("channels_last")) and not self.uses_detection_loss
         if self.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
         # Mask R-CNN trains on its own losses, so loss.name (default: focal) is not read for it.
-        self.criterion = None if self.uses_detection_loss else build_segmentation_loss(self.cfg["loss"])
+        self.criterion = None if self.uses_detection_loss else build_segmentation_loss(self.cfg["loss"], self.outputs)
 
     def forward(self, x: Tensor) -> Tensor:  # Lightning's hook
         """Lesion logits (B,1,H,W)."""
@@ -81,7 +101,7 @@ class SegmentationModule(pl.LightningModule):
 
     def _loss(self, batch: dict[str, Any]) -> tuple[Tensor, Tensor | None]:
         """(loss, logits or None); Mask R-CNN's loss needs no logits."""
-        images, masks = batch["image"], batch["mask"]
+        images, masks = batch["image"], batch[self.target]
         if self.uses_detection_loss:
             return self.model.training_step_loss(images, masks), None
         logits = self(images)
@@ -104,15 +124,20 @@ class SegmentationModule(pl.LightningModule):
         loss, logits = self._loss(batch)
         if logits is None:
             logits = self(batch["image"])
+        self.log("val_loss", loss.detach(), prog_bar=True, batch_size=bs, sync_dist=True)
+        if self.val_task2 is not None:
+            # Summed normalised confusion matrices, as the official Task 2 score (Lightning reduces at epoch end).
+            self.val_task2.update(logits, batch[self.target])
+            self.log("val_jaccard", self.val_task2, prog_bar=True, batch_size=bs)
+            return
         # Per-image scores, weighted by batch size: the epoch value is the mean over images.
         jac = jaccard_per_image(logits, batch["mask"]).mean()
-        self.log("val_loss", loss.detach(), prog_bar=True, batch_size=bs, sync_dist=True)
         self.log("val_jaccard", jac, prog_bar=True, batch_size=bs, sync_dist=True)
 
     # -- inference ----------------------------------------------------------------------------
     @torch.no_grad()
     def predict_masks(self, images: Tensor) -> Tensor:
-        """Lesion probabilities (B,1,H,W) in eval mode; the module's train/eval mode is restored."""
+        """Probabilities (B,C,H,W) in eval mode; the module's train/eval mode is restored."""
         was_training = self.training
         self.eval()
         try:
@@ -134,4 +159,5 @@ class SegmentationModule(pl.LightningModule):
             "format": CHECKPOINT_FORMAT,
             "config": self.cfg,
             "model": self.cfg["model"]["name"],
+            "outputs": list(self.outputs),
         }

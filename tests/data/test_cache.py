@@ -106,7 +106,7 @@ def test_different_size_or_split_is_a_different_cache(tmp_path):
 
 def test_crash_mid_build_leaves_nothing_trusted(tmp_path, monkeypatch):
     samples = write_set(tmp_path / "data", n=6)
-    real = cache_mod.load_preprocessed
+    real = cache_mod.load_item  # what a build decodes each item with
     calls = {"n": 0}
 
     def crashing(src, spec):
@@ -115,13 +115,13 @@ def test_crash_mid_build_leaves_nothing_trusted(tmp_path, monkeypatch):
             raise RuntimeError("simulated crash")
         return real(src, spec)
 
-    monkeypatch.setattr(cache_mod, "load_preprocessed", crashing)
+    monkeypatch.setattr(cache_mod, "load_item", crashing)
     with pytest.raises(RuntimeError, match="simulated crash"):
         build(samples, tmp_path / "cache")
     cache_dir = tmp_path / "cache"
     assert valid_caches(cache_dir) == []
     assert not list(cache_dir.glob(".tmp-*"))
-    monkeypatch.setattr(cache_mod, "load_preprocessed", real)
+    monkeypatch.setattr(cache_mod, "load_item", real)
     c = build(samples, cache_dir)
     assert c.built and len(c) == 6
 

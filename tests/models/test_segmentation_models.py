@@ -71,8 +71,8 @@ def maskrcnn():
 
 # -- builder ----------------------------------------------------------------------------------------
 def test_unknown_segmenter_is_a_one_line_error():
-    with pytest.raises(AttnMelError, match="unknown model.name 'segnet'.*unet, fcrn, maskrcnn"):
-        build_segmenter("segnet", {})
+    with pytest.raises(AttnMelError, match="unknown model.name 'segnet2'.*unet, fcrn, maskrcnn, segnet"):
+        build_segmenter("segnet2", {})
 
 
 def test_bad_model_options_are_errors():

@@ -30,6 +30,8 @@ def run(synthetic_factory, tmp_path_factory) -> Path:
     tmp = tmp_path_factory.mktemp("report_checks")
     art_root = tmp / "with_artefacts"
     shutil.copytree(src, art_root)
+    for old in art_root.glob("ISIC-2017_*_Artefact_GroundTruth"):  # the generator's own, replaced by known ones
+        shutil.rmtree(old)
     out = art_root / "ISIC-2017_Test_v2_Artefact_GroundTruth"
     out.mkdir()
     for k, seg in enumerate(sorted((art_root / "ISIC-2017_Test_v2_Part1_GroundTruth").glob("*_segmentation.png"))):

@@ -12,6 +12,8 @@ Options (``opts``); a reader ignores those that do not apply to its dataset:
   cache_dir      where a drawn split is written when the dataset root is read-only
   labels_optional  isic2016 / isic2017: without the Part 3 label CSV (a Part 1-only download, for
                  segmentation) every image gets label 0 instead of an error
+  split_file     isic2019 / isic2020: a user's split (CSV: image or lesion_id/patient_id, split) instead of
+                 the drawn one; a lesion or patient in two splits is an error
 """
 
 from __future__ import annotations
@@ -21,12 +23,22 @@ import json
 from pathlib import Path
 from typing import Any, Callable
 
-from attnmel.data.readers import ham10000, isic2016, isic2017, isic2018
+from attnmel.data.readers import (
+    ham10000,
+    isic2016,
+    isic2017,
+    isic2018,
+    isic2018_task2,
+    isic2018_task3,
+    isic2019,
+    isic2020,
+)
 from attnmel.data.readers.validate import validate_index
 from attnmel.data.samples import SPLITS, DatasetIndex
 from attnmel.errors import AttnMelError, file_error
 
-DATASETS = ("synthetic", "isic2017", "isic2016", "ham10000", "isic2018_task1")
+DATASETS = ("synthetic", "isic2017", "isic2016", "ham10000", "isic2018_task1", "isic2018_task2", "isic2018_task3",
+            "isic2019", "isic2020", "synthetic_attributes")
 
 # The class counts each dataset supports (the first is the default, melanoma vs rest).
 NUM_CLASSES: dict[str, tuple[int, ...]] = {
@@ -35,21 +47,31 @@ NUM_CLASSES: dict[str, tuple[int, ...]] = {
     "isic2016": (2,),
     "ham10000": (2, 7),
     "isic2018_task1": (2, 1),
+    "isic2018_task2": (2, 1),
+    "isic2018_task3": (2, 7),
+    "isic2019": (2, 8),
+    "isic2020": (2,),
+    "synthetic_attributes": (2, 1),
 }
 
 # Datasets without class labels: for segmentation only.
-SEGMENTATION_ONLY = frozenset({"isic2018_task1"})
+SEGMENTATION_ONLY = frozenset({"isic2018_task1", "isic2018_task2", "synthetic_attributes"})
 
-OPTIONS = ("validate", "val_fraction", "test_fraction", "seed", "cache_dir", "labels_optional")
+# Datasets whose segmentation target is the five ISIC 2018 Task 2 attribute masks, not the lesion mask.
+ATTRIBUTE_DATASETS = frozenset({"isic2018_task2", "synthetic_attributes"})
+ATTRIBUTES = isic2018_task2.ATTRIBUTES
+
+OPTIONS = ("validate", "val_fraction", "test_fraction", "seed", "cache_dir", "labels_optional", "split_file")
 
 
-def _synthetic(root: str | Path, split: str, num_classes: int = 2) -> DatasetIndex:
+def _check_generated(root: str | Path, command: str = "attnmel data synth") -> None:
+    """A generated set's folder exists, is not empty, and its generation finished."""
     from attnmel.data.synthetic import MARKER
 
     root_path = Path(root).expanduser()
     if not root_path.is_dir() or not any(root_path.iterdir()):
         what = "dataset folder is empty" if root_path.is_dir() else "dataset folder not found"
-        raise file_error(root_path, f"{what} (make it with `attnmel data synth --out {root_path}`)")
+        raise file_error(root_path, f"{what} (make it with `{command} --out {root_path}`)")
     marker = root_path / MARKER
     if marker.is_file():
         try:
@@ -58,7 +80,11 @@ def _synthetic(root: str | Path, split: str, num_classes: int = 2) -> DatasetInd
             complete = False
         if not complete:
             raise file_error(root_path, "synthetic dataset is incomplete (its generation was interrupted): "
-                                        f"run `attnmel data synth --out {root_path}` again")
+                                        f"run `{command} --out {root_path}` again")
+
+
+def _synthetic(root: str | Path, split: str, num_classes: int = 2) -> DatasetIndex:
+    _check_generated(root)
     return isic2017.read(root, split, num_classes, dataset="synthetic", split_tags=synthetic_split_tags())
 
 
@@ -74,12 +100,22 @@ def known_splits(dataset: str) -> tuple[str, ...]:
     return SPLITS + tuple(synthetic_split_tags()) if dataset == "synthetic" else SPLITS
 
 
+def _synthetic_attributes(root: str | Path, split: str, num_classes: int = 2) -> DatasetIndex:
+    _check_generated(root, "attnmel data synth --attributes")
+    return isic2018_task2.read(root, split, num_classes, dataset="synthetic_attributes")
+
+
 _READERS: dict[str, Callable[..., DatasetIndex]] = {
     "synthetic": _synthetic,
     "isic2017": isic2017.read,
     "isic2016": isic2016.read,
     "ham10000": ham10000.read,
     "isic2018_task1": isic2018.read,
+    "isic2018_task2": isic2018_task2.read,
+    "isic2018_task3": isic2018_task3.read,
+    "isic2019": isic2019.read,
+    "isic2020": isic2020.read,
+    "synthetic_attributes": _synthetic_attributes,
 }
 
 

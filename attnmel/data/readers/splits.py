@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+import stat
 from pathlib import Path
 from typing import Callable, Iterable, Mapping
 
@@ -75,6 +76,15 @@ def check_fraction(name: str, value: float) -> float:
     return value
 
 
+def _read_only(folder: Path) -> bool:
+    """A folder without write permission bits. Root may write anyway; a dataset someone made read-only
+    (a shared download) must not gain files, so the bits are honoured rather than ``os.access``."""
+    try:
+        return not folder.stat().st_mode & (stat.S_IWUSR | stat.S_IWGRP | stat.S_IWOTH)
+    except OSError:
+        return True
+
+
 def persisted_split(root: Path, file_name: str, key_column: str, keys: Iterable[str], allowed: Iterable[str],
                     draw: Callable[[], dict[str, str]], source: Path,
                     cache_dir: str | Path | None = None) -> tuple[dict[str, str], Path]:
@@ -91,6 +101,8 @@ def persisted_split(root: Path, file_name: str, key_column: str, keys: Iterable[
     text = f"{key_column},split\n" + "".join(f"{k},{assignment[k]}\n" for k in sorted(assignment))
     path = root / file_name
     try:
+        if _read_only(root):
+            raise PermissionError(f"{root} is read-only")
         write_text(path, text)
     except OSError:
         path = cache_folder(root, cache_dir) / file_name
@@ -128,3 +140,75 @@ def _read_split(path: Path, key_column: str, keys: set[str], allowed: tuple[str,
         raise file_error(path, f"{len(missing)} {key_column}(s) of {source.name} are not assigned a split "
                                f"({', '.join(missing[:3])}{more}); delete this file to draw a new split")
     return out
+
+
+IMAGE_COLUMNS = ("image", "image_id", "image_name")
+
+
+def user_split(path: str | Path, image_groups: Mapping[str, str], group_column: str,
+               allowed: Iterable[str] = ("train", "val", "test")) -> dict[str, str]:
+    """``image -> split`` from a split file the user gives (``data.split_file``).
+
+    The file has a ``split`` column and either an image column (``image``, ``image_id`` or ``image_name``)
+    or ``group_column`` (``lesion_id``, ``patient_id``): one row per image or per group. Every image must be
+    assigned, and an image-keyed file must keep each group in one split: a patient (or lesion) in two splits
+    is an error naming the file and both lines, since that leaks the patient between training and test.
+    """
+    path = Path(path).expanduser()
+    allowed = tuple(allowed)
+    table = read_table(path, ["split"])
+    key_column = next((c for c in (*IMAGE_COLUMNS, group_column) if c in table.columns), None)
+    if key_column is None:
+        raise file_error(path, f"needs a column {', '.join((*IMAGE_COLUMNS, group_column))} beside split "
+                               f"(header: {', '.join(table.columns)})")
+    by_group = key_column == group_column
+    known = set(image_groups.values()) if by_group else set(image_groups)
+    assigned: dict[str, tuple[str, int]] = {}
+    for lineno, row in table.rows:
+        key, split = row[key_column], row["split"].lower()
+        if split not in allowed:
+            raise file_error(path, f"line {lineno}: split {row['split']!r} is not one of {', '.join(allowed)}")
+        if key not in known:
+            raise file_error(path, f"line {lineno}: unknown {key_column} {key!r}")
+        if key in assigned:
+            raise file_error(path, f"line {lineno}: duplicate {key_column} {key} (first on line {assigned[key][1]})")
+        assigned[key] = (split, lineno)
+    if by_group:
+        out = {img: assigned[g][0] for img, g in image_groups.items() if g in assigned}
+    else:
+        out = {img: s for img, (s, _) in assigned.items()}
+        first: dict[str, tuple[str, int, str]] = {}
+        for img, (split, lineno) in sorted(assigned.items(), key=lambda kv: kv[1][1]):
+            group = image_groups[img]
+            seen = first.setdefault(group, (split, lineno, img))
+            if seen[0] != split:
+                raise file_error(path, f"line {lineno}: {group_column} {group} is in two splits: {img} in {split}, "
+                                       f"{seen[2]} in {seen[0]} (line {seen[1]})")
+    missing = sorted(set(image_groups) - out.keys())
+    if missing:
+        more = ", ..." if len(missing) > 3 else ""
+        raise file_error(path, f"{len(missing)} image(s) are not assigned a split ({', '.join(missing[:3])}{more})")
+    return out
+
+
+def grouped_split(root: Path, stem: str, group_column: str, image_groups: Mapping[str, str],
+                  image_class: Mapping[str, int], fractions: Mapping[str, float], seed: int, source: Path,
+                  cache_dir: str | Path | None = None, split_file: str | Path | None = None) -> dict[str, str]:
+    """``image -> split`` drawn by group (no group in two splits), stratified by each group's highest class
+    (a patient with any melanoma counts as a melanoma patient), persisted like the other drawn splits;
+    ``split_file`` (a user's file, :func:`user_split`) replaces the draw."""
+    if split_file:
+        return user_split(split_file, image_groups, group_column)
+    group_class: dict[str, int] = {}
+    for img, g in image_groups.items():
+        group_class[g] = max(group_class.get(g, 0), int(image_class[img]))
+    by_class: dict[int, list[str]] = {}
+    for g, c in group_class.items():
+        by_class.setdefault(c, []).append(g)
+    defaults = {"val_fraction": 0.2, "test_fraction": 0.2, "seed": 0}
+    params = {"val_fraction": fractions["val"], "test_fraction": fractions["test"], "seed": int(seed)}
+    assignment, _ = persisted_split(
+        root, split_file_name(stem, params, defaults), group_column, group_class.keys(), ("train", "val", "test"),
+        lambda: stratified_assign(by_class, {"test": fractions["test"], "val": fractions["val"]}, int(seed)),
+        source=source, cache_dir=cache_dir)
+    return {img: assignment[g] for img, g in image_groups.items()}

@@ -31,10 +31,12 @@ class Inspection:
     mask_low: bool = False  # values above 1 but none above 128: thresholds to an empty mask
     dermo_error: str | None = None
     size: tuple[int, int] = (0, 0)  # the image's (width, height)
+    attributes_error: str | None = None
+    attributes_present: tuple[bool, ...] = ()  # per attribute: does its mask have a positive pixel
 
     @property
     def ok(self) -> bool:
-        return not (self.image_error or self.mask_error or self.dermo_error)
+        return not (self.image_error or self.mask_error or self.dermo_error or self.attributes_error)
 
 
 def inspect_sample(sample: Sample) -> Inspection:
@@ -59,6 +61,12 @@ def inspect_sample(sample: Sample) -> Inspection:
             load_dermo_mask(*sample.dermo, expected_hw=(h, w))
         except AttnMelError as e:
             out.dermo_error = str(e)
+    if sample.attributes is not None:
+        try:
+            out.attributes_present = tuple(bool(load_mask_u8(p, expected_hw=(h, w)).max() > 128)
+                                           for p in sample.attributes)
+        except AttnMelError as e:
+            out.attributes_error = str(e)
     return out
 
 
@@ -88,8 +96,8 @@ def validate_index(index: DatasetIndex) -> DatasetIndex:
             continue
         if res.mask_error:
             raise AttnMelError(res.mask_error)
-        if res.dermo_error:
-            raise AttnMelError(res.dermo_error)
+        if res.dermo_error or res.attributes_error:
+            raise AttnMelError(res.dermo_error or res.attributes_error)
         nonbinary += res.mask_nonbinary
         kept.append(sample)
     if nonbinary:

@@ -1,8 +1,10 @@
-"""Lesion segmenters: U-Net, FCRN (ResNet-50, multi-scale fusion) and Mask R-CNN.
+"""Segmenters: U-Net, FCRN (ResNet-50, multi-scale fusion), Mask R-CNN and SegNet (VGG-16-BN, unpooling).
 
-Every segmenter is a plain ``nn.Module`` whose ``forward(x: (B,3,H,W))`` returns lesion logits
-(B,1,H,W) at the input's size. ``attnmel.models.build_model`` delegates these names here; each registers
-in :data:`attnmel.models.registry.MODELS` with ``task="segmentation"`` and the ``options`` it accepts.
+Every segmenter is a plain ``nn.Module`` whose ``forward(x: (B,3,H,W))`` returns logits (B,C,H,W) at the
+input's size: C = 1 for lesion masks, C = 5 for the ISIC 2018 Task 2 attributes (``out_channels``; Mask R-CNN
+then has one class per attribute). ``attnmel.models.build_model`` delegates these names here; each registers
+in :data:`attnmel.models.registry.MODELS` with ``task="segmentation"`` and the ``options`` it accepts; a
+factory's second argument is the number of outputs.
 
 ``model_cfg`` keys read (defaults.yaml ``model``): ``pretrained`` (all three), ``width`` (U-Net:
 channel multiplier of a 32-channel first stage), and ``options``, the model's own settings (an unknown one
@@ -27,8 +29,9 @@ UNET_BASE_WIDTH = 32
 log = logging.getLogger(__name__)
 
 
-def build_segmenter(name: str, model_cfg: dict[str, Any]) -> nn.Module:
-    """Build the segmenter ``name`` (unet | fcrn | maskrcnn) from the ``model`` config section."""
+def build_segmenter(name: str, model_cfg: dict[str, Any], out_channels: int = 1) -> nn.Module:
+    """Build the segmenter ``name`` (unet | fcrn | maskrcnn | segnet) with ``out_channels`` outputs from the
+    ``model`` config section."""
     factory = MODELS.get(name, task="segmentation")
     accepted = MODELS.tags(name)["options"]
     options = _mapping(model_cfg.get("options"), "options")
@@ -36,11 +39,11 @@ def build_segmenter(name: str, model_cfg: dict[str, Any]) -> nn.Module:
     if unknown:
         known = ", ".join(accepted) or "none"
         raise AttnMelError(f"model.options: unknown option(s) {', '.join(unknown)} for {name} (known: {known})")
-    return factory({**model_cfg, **options}, 1)
+    return factory({**model_cfg, **options}, out_channels)
 
 
 @register_model("unet", task="segmentation")
-def _unet(model_cfg: dict[str, Any], num_classes: int) -> nn.Module:
+def _unet(model_cfg: dict[str, Any], out_channels: int) -> nn.Module:
     from attnmel.models.segmentation.unet import UNet
     from attnmel.models.weights import parse_pretrained
 
@@ -48,7 +51,7 @@ def _unet(model_cfg: dict[str, Any], num_classes: int) -> nn.Module:
     if not 0 < width <= 8:
         raise AttnMelError(f"model.width for unet is a multiplier of {UNET_BASE_WIDTH} "
                            f"channels in (0, 8], got {width}")
-    model = UNet(base_width=max(1, round(UNET_BASE_WIDTH * width)))
+    model = UNet(base_width=max(1, round(UNET_BASE_WIDTH * width)), out_channels=out_channels)
     spec = parse_pretrained(model_cfg.get("pretrained", "none"))
     if isinstance(spec, Path):
         from attnmel.models.segmentation._weights import load_into, load_state_dict_file
@@ -63,17 +66,17 @@ def _unet(model_cfg: dict[str, Any], num_classes: int) -> nn.Module:
 
 
 @register_model("fcrn", task="segmentation", options=("fuse_strides",))
-def _fcrn(model_cfg: dict[str, Any], num_classes: int) -> nn.Module:
+def _fcrn(model_cfg: dict[str, Any], out_channels: int) -> nn.Module:
     from attnmel.models.segmentation.fcrn import FCRN
 
     _fixed_width(model_cfg, "fcrn")
     return FCRN(pretrained=model_cfg.get("pretrained", "none"),
-                fuse_strides=model_cfg.get("fuse_strides", (8, 16, 32)))
+                fuse_strides=model_cfg.get("fuse_strides", (8, 16, 32)), out_channels=out_channels)
 
 
 @register_model("maskrcnn", task="segmentation",
                 options=("min_size", "max_size", "score_threshold", "trainable_backbone_layers", "detector_options"))
-def _maskrcnn(model_cfg: dict[str, Any], num_classes: int) -> nn.Module:
+def _maskrcnn(model_cfg: dict[str, Any], out_channels: int) -> nn.Module:
     from attnmel.models.segmentation.maskrcnn import MaskRCNNSegmenter
 
     _fixed_width(model_cfg, "maskrcnn")
@@ -88,7 +91,18 @@ def _maskrcnn(model_cfg: dict[str, Any], num_classes: int) -> nn.Module:
         score_threshold=_number(model_cfg.get("score_threshold", 0.5), "score_threshold"),
         trainable_backbone_layers=layers,
         detector_options=_mapping(model_cfg.get("detector_options"), "detector_options"),
+        num_classes=out_channels,
     )
+
+
+@register_model("segnet", task="segmentation")
+def _segnet(model_cfg: dict[str, Any], out_channels: int) -> nn.Module:
+    from attnmel.models.segmentation.segnet import segnet
+
+    width = _number(model_cfg.get("width", 1.0), "width")
+    if not 0 < width <= 1:
+        raise AttnMelError(f"model.width for segnet is a multiplier of VGG-16's channels in (0, 1], got {width}")
+    return segnet(out_channels=out_channels, width=width, pretrained=model_cfg.get("pretrained", "none"))
 
 
 def _fixed_width(model_cfg: dict[str, Any], name: str) -> None:

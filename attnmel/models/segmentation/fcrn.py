@@ -25,9 +25,10 @@ STAGES: dict[int, tuple[str, int]] = {
 
 
 class FCRN(nn.Module):
-    """ResNet-50 FCRN returning lesion logits (B,1,H,W) at the input's size (any H, W >= 32)."""
+    """ResNet-50 FCRN returning logits (B,out_channels,H,W) at the input's size (any H, W >= 32)."""
 
-    def __init__(self, pretrained: str | Path | None = "none", fuse_strides: Iterable[int] = (8, 16, 32)) -> None:
+    def __init__(self, pretrained: str | Path | None = "none", fuse_strides: Iterable[int] = (8, 16, 32),
+                 out_channels: int = 1) -> None:
         super().__init__()
         strides = sorted({int(s) for s in fuse_strides})
         if not strides or any(s not in STAGES for s in strides):
@@ -47,7 +48,8 @@ class FCRN(nn.Module):
         self.stages = nn.ModuleDict(
             {name: getattr(encoder, name) for s, (name, _) in STAGES.items() if s <= deepest}
         )
-        self.scores = nn.ModuleDict({STAGES[s][0]: nn.Conv2d(STAGES[s][1], 1, kernel_size=1) for s in strides})
+        self.scores = nn.ModuleDict({STAGES[s][0]: nn.Conv2d(STAGES[s][1], out_channels, kernel_size=1)
+                                     for s in strides})
         # Small score weights, as in FCN: summing several 1000+-channel projections at default init
         # starts with logits of magnitude ~10, i.e. saturated sigmoids and a slow first epoch.
         for conv in self.scores.values():

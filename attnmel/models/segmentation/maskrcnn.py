@@ -1,10 +1,11 @@
 """Mask R-CNN (He et al., 2017) for lesion instance masks, exposed as a semantic segmenter.
 
-Wraps torchvision's ``maskrcnn_resnet50_fpn`` with two classes (background, lesion). ``forward``
-always predicts: the union (pixel-wise max) of the instance mask probabilities whose detection score
-passes ``score_threshold``, returned as clamped logits (B,1,H,W) so it plugs into the same losses,
+Wraps torchvision's ``maskrcnn_resnet50_fpn`` with background plus ``num_classes`` classes (1: lesion;
+5: one per ISIC 2018 Task 2 attribute, as the attribute seed does). ``forward`` always predicts: per class,
+the union (pixel-wise max) of that class's instance mask probabilities whose detection score passes
+``score_threshold``, returned as clamped logits (B,num_classes,H,W) so it plugs into the same losses,
 metrics and ``sigmoid`` as U-Net and FCRN. Training goes through :meth:`training_step_loss`, which
-turns binary lesion masks into instance targets (one instance per connected component).
+turns binary masks into instance targets (one instance per connected component of each channel).
 """
 
 from __future__ import annotations
@@ -71,13 +72,15 @@ class MaskRCNNSegmenter(nn.Module):
         min_component_area: int = 1,
         logit_clamp: float = 1e-4,
         detector_options: dict[str, Any] | None = None,
+        num_classes: int = 1,
     ) -> None:
         super().__init__()
+        self.num_classes = int(num_classes)
         self.score_threshold = float(score_threshold)
         self.min_component_area = int(min_component_area)
         self.logit_clamp = float(logit_clamp)
         kwargs = dict(
-            num_classes=2,
+            num_classes=1 + self.num_classes,
             min_size=int(min_size),
             max_size=int(max(max_size, min_size)),
             image_mean=[0.0, 0.0, 0.0],
@@ -121,7 +124,7 @@ class MaskRCNNSegmenter(nn.Module):
         return MaskRCNN(backbone, **kwargs)
 
     def forward(self, x: Tensor) -> Tensor:
-        """Lesion logits (B,1,H,W) from the union of confident instance masks (detector in eval mode)."""
+        """Logits (B,num_classes,H,W) from the per-class union of confident instance masks (eval mode)."""
         was_training = self.detector.training
         self.detector.eval()
         try:
@@ -129,36 +132,40 @@ class MaskRCNNSegmenter(nn.Module):
         finally:
             self.detector.train(was_training)
         b, _, h, w = x.shape
-        probs = x.new_zeros((b, 1, h, w))
+        probs = x.new_zeros((b, self.num_classes, h, w))
         for i, det in enumerate(detections):
-            keep = det["scores"] > self.score_threshold
-            if keep.any():
-                probs[i] = det["masks"][keep].amax(dim=0)
+            for c in range(self.num_classes):
+                keep = (det["scores"] > self.score_threshold) & (det["labels"] == c + 1)
+                if keep.any():
+                    probs[i, c] = det["masks"][keep].amax(dim=0)[0]
         # Clamp so "no lesion" is a finite logit: BCE and sigmoid downstream stay well defined.
         p = probs.clamp(self.logit_clamp, 1.0 - self.logit_clamp)
         return torch.logit(p)
 
     def targets_from_masks(self, masks: Tensor) -> list[dict[str, Tensor]]:
-        """Instance targets from binary masks (B,1,H,W): one instance per 8-connected component.
+        """Instance targets from binary masks (B,C,H,W): one instance of class c+1 per 8-connected
+        component of channel c.
 
         Components smaller than ``min_component_area`` pixels are dropped (annotation specks). An
         empty mask gives an empty target (no boxes), which torchvision trains as a negative image.
         """
         targets = []
-        binary = (masks.detach() > 0.5).squeeze(1).cpu().numpy()
+        binary = (masks.detach() > 0.5).cpu().numpy()
         h, w = binary.shape[-2:]
-        for m in binary:
-            boxes, inst = [], []
-            lab = label(m, connectivity=2)
-            for region in regionprops(lab):
-                if region.area < self.min_component_area:
-                    continue
-                r0, c0, r1, c1 = region.bbox  # max row/col exclusive: never a zero-size box
-                boxes.append([c0, r0, c1, r1])
-                inst.append(lab == region.label)
+        for channels in binary:
+            boxes, inst, classes = [], [], []
+            for c, m in enumerate(channels):
+                lab = label(m, connectivity=2)
+                for region in regionprops(lab):
+                    if region.area < self.min_component_area:
+                        continue
+                    r0, c0, r1, c1 = region.bbox  # max row/col exclusive: never a zero-size box
+                    boxes.append([c0, r0, c1, r1])
+                    inst.append(lab == region.label)
+                    classes.append(c + 1)
             targets.append({
                 "boxes": torch.as_tensor(np.array(boxes, dtype=np.float32).reshape(-1, 4), device=masks.device),
-                "labels": torch.ones(len(boxes), dtype=torch.int64, device=masks.device),
+                "labels": torch.as_tensor(np.array(classes, dtype=np.int64), device=masks.device),
                 "masks": torch.as_tensor(np.array(inst, dtype=np.uint8).reshape(-1, h, w), device=masks.device),
             })
         return targets

@@ -39,9 +39,10 @@ def _assert_masks_paired(index) -> None:
 # -- registry ----------------------------------------------------------------------------------
 
 def test_registry_names_and_unknown_dataset(tmp_path):
-    assert DATASETS == ("synthetic", "isic2017", "isic2016", "ham10000", "isic2018_task1")
+    assert DATASETS == ("synthetic", "isic2017", "isic2016", "ham10000", "isic2018_task1", "isic2018_task2",
+                        "isic2018_task3", "isic2019", "isic2020", "synthetic_attributes")
     with pytest.raises(AttnMelError) as e:
-        read_split("isic2019", tmp_path, "train")
+        read_split("isic2021", tmp_path, "train")
     assert "isic2017" in str(e.value) and "ham10000" in str(e.value)
     with pytest.raises(AttnMelError, match="unknown split"):
         read_split("isic2017", tmp_path, "training")
