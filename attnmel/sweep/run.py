@@ -55,9 +55,10 @@ class RunResult:
     arm: str
     seed: int
     run_dir: str
-    status: str  # done | skipped | failed
+    status: str  # done | skipped | failed; on a cluster also queued | running
     seconds: float = 0.0
     error: str | None = None
+    job_id: str | None = None  # the cluster job (``--launcher slurm``)
 
 
 # -- state of a run folder -------------------------------------------------------------------------
@@ -141,8 +142,9 @@ def _score_attention(run_dir: Path) -> None:
 
 
 def is_rank_zero() -> bool:
-    """False inside the extra processes Lightning's DDP launcher starts (they set LOCAL_RANK / NODE_RANK)."""
-    return all(int(os.environ.get(v, "0") or 0) == 0 for v in ("LOCAL_RANK", "NODE_RANK", "RANK"))
+    """False inside the extra processes Lightning's DDP launcher starts (they set LOCAL_RANK / NODE_RANK),
+    and in the tasks of a SLURM job other than the first (SLURM_PROCID)."""
+    return all(int(os.environ.get(v, "0") or 0) == 0 for v in ("LOCAL_RANK", "NODE_RANK", "RANK", "SLURM_PROCID"))
 
 
 def wants_own_process(cfg: dict[str, Any]) -> bool:
@@ -160,6 +162,8 @@ def run_one(plan: RunPlan, train_fn: Callable[..., Path] | None = None,
             evaluate_fn: Callable[[Path], None] | None = None,
             attention_fn: Callable[[Path], None] | None = None) -> RunResult:
     """Bring one arm x seed to "finished", resuming what exists; never raises (failure -> ``error.txt``)."""
+    from attnmel.train.run import resume_checkpoint
+
     train_fn = train_fn or _train
     evaluate_fn = evaluate_fn or _evaluate
     attention_fn = attention_fn or _score_attention
@@ -172,7 +176,7 @@ def run_one(plan: RunPlan, train_fn: Callable[..., Path] | None = None,
         (run_dir / ERROR_FILE).unlink(missing_ok=True)
         ckpts = run_dir / "checkpoints"
         if not classification_done(read_metrics(run_dir)):
-            if (ckpts / "last.ckpt").is_file():
+            if resume_checkpoint(run_dir) is not None:  # last.ckpt, or a SLURM requeue's hpc_ckpt
                 train_fn(plan.cfg, resume=True)
             elif (ckpts / "best.ckpt").is_file():
                 evaluate_fn(run_dir)
@@ -278,13 +282,15 @@ def _console():
 
 
 def _progress_printer(console) -> Callable[[RunResult, int, int], None]:
-    colours = {"done": "green", "skipped": "cyan", "failed": "red"}
+    colours = {"done": "green", "skipped": "cyan", "failed": "red", "queued": "yellow", "running": "blue"}
 
     def show(r: RunResult, i: int, n: int) -> None:
         colour = colours.get(r.status, "white")
         tail = f"  {r.error}" if r.error else ""
-        console.print(f"[{i}/{n}] {r.arm:<16} seed {r.seed:<3} [{colour}]{r.status:<7}[/{colour}] "
-                      f"{r.seconds:7.1f}s{tail}", markup=True, soft_wrap=True)
+        where = f"job {r.job_id}" if r.job_id else f"{r.seconds:7.1f}s"
+        count = f"[{i}/{n}] " if n else ""
+        console.print(f"{count}{r.arm:<16} seed {r.seed:<3} [{colour}]{r.status:<7}[/{colour}] "
+                      f"{where}{tail}", markup=True, soft_wrap=True)
 
     return show
 
@@ -332,13 +338,22 @@ def write_test_labels(sweep_dir: Path, cfg: dict[str, Any]) -> Path | None:
 
 def run_sweep(sweep_file: str | Path, dataset: str | None = None, jobs: int | None = None,
               out_root: str | Path = Path("sweeps"), overrides: Iterable[str] = (), *, console=None,
-              runner: Callable[[RunPlan], RunResult] | None = None) -> int:
+              runner: Callable[[RunPlan], RunResult] | None = None, launcher: str = "local",
+              slurm_options: dict[str, Any] | None = None, wait: bool = False, backend=None,
+              wait_timeout_s: float | None = None) -> int:
     """Run (or resume) a sweep and write its summary; returns 0 if every run finished, else 1.
 
     ``jobs``: runs in parallel processes; None takes the sweep file's ``jobs`` for the dataset (default 1).
+    ``launcher="slurm"``: submit the runs as SLURM jobs instead (:mod:`attnmel.sweep.slurm`; resources from
+    the sweep file's ``slurm:`` and ``slurm_options``), then, with ``wait``, poll until they ended; without
+    it the summary shows them queued / running and the command returns 0 unless a run has failed.
     """
     from attnmel.sweep.summary import write_summary
 
+    if launcher != "local":
+        from attnmel.sweep import slurm
+
+        backend = backend or slurm.backend_for(slurm.check_launcher(launcher))
     overrides = list(overrides)
     spec = load_sweep(sweep_file, dataset)
     jobs = spec.jobs if jobs is None else int(jobs)
@@ -356,16 +371,42 @@ def run_sweep(sweep_file: str | Path, dataset: str | None = None, jobs: int | No
     if spec.dataset == "synthetic":
         # Generate the shared synthetic set once, up front, so parallel runs never race to write it.
         _prepare_data(plans[0].cfg)
-    results = execute(plans, jobs, _progress_printer(console), runner)
+    if backend is None:
+        results = execute(plans, jobs, _progress_printer(console), runner)
+    else:
+        results = _run_on_cluster(spec, plans, backend, slurm_options or {}, console, wait, wait_timeout_s)
     if not (sweep_dir / "test_labels.csv").is_file():
         write_test_labels(sweep_dir, plans[0].cfg)
     paths = write_summary(sweep_dir, spec, results)
     failed = [r for r in results if r.status == "failed"]
-    console.print(f"sweep {spec.name}: {len(results) - len(failed)}/{len(results)} runs finished in "
-                  f"{time.perf_counter() - start:.0f}s; summary: {paths['md']}")
+    pending = [r for r in results if r.status in ("queued", "running")]
+    if pending:
+        console.print(f"sweep {spec.name}: {len(results) - len(failed) - len(pending)} finished, "
+                      f"{sum(r.status == 'queued' for r in pending)} queued, "
+                      f"{sum(r.status == 'running' for r in pending)} running, {len(failed)} failed; run the same "
+                      f"command again for the summary (nothing is submitted twice): {paths['md']}")
+    else:
+        console.print(f"sweep {spec.name}: {len(results) - len(failed)}/{len(results)} runs finished in "
+                      f"{time.perf_counter() - start:.0f}s; summary: {paths['md']}")
     for r in failed:
         console.print(f"  failed: {r.arm} seed {r.seed}: {r.error} (see {Path(r.run_dir) / ERROR_FILE})", soft_wrap=True)
     return 1 if failed else 0
+
+
+def _run_on_cluster(spec: SweepSpec, plans: list[RunPlan], backend, cli_options: dict[str, Any], console,
+                    wait: bool, wait_timeout_s: float | None) -> list[RunResult]:
+    """Submit the unfinished runs (not those queued or running already); with ``wait``, poll to the end."""
+    from attnmel.sweep import slurm
+
+    resources = slurm.resources_from(spec.slurm, cli_options, spec.path)
+    show = _progress_printer(console)
+    results = slurm.submit_sweep(plans, resources, backend, show)
+    if wait:
+        results = slurm.wait(results, backend, timeout_s=wait_timeout_s,
+                             on_change=lambda r: show(r, 0, 0) if r.status != "running" else None)
+    else:
+        results = slurm.refresh(results, backend)
+    return results
 
 
 def _prepare_data(cfg: dict[str, Any]) -> None:

@@ -23,6 +23,7 @@ from attnmel.io import write_json, write_text
 log = logging.getLogger("attnmel.train")
 
 BEST, LAST = "best.ckpt", "last.ckpt"
+HPC_PREFIX = "hpc_ckpt_"  # Lightning's SLURM auto-requeue checkpoints, in the run folder
 
 
 @dataclass
@@ -90,6 +91,7 @@ def build_trainer(cfg: dict, run_dir: Path, *, callbacks_extra: list | None = No
     if t.get("early_stopping_patience"):
         callbacks.append(EarlyStopping(monitor=monitor, mode="max", patience=int(t["early_stopping_patience"])))
     callbacks += callbacks_extra or []
+    plugins = _cluster_plugins()
     loggers = [CSVLogger(run_dir, name="logs", version="csv")]
     try:
         loggers.append(TensorBoardLogger(run_dir, name="logs", version="tensorboard", default_hp_metric=False))
@@ -102,10 +104,33 @@ def build_trainer(cfg: dict, run_dir: Path, *, callbacks_extra: list | None = No
         enable_progress_bar=bool(t["progress_bar"]), enable_model_summary=False,
         deterministic=bool(t["deterministic"]), default_root_dir=run_dir, num_sanity_val_steps=0,
     )
+    if plugins:
+        kwargs["plugins"] = plugins
     for k in ("limit_train_batches", "limit_val_batches"):
         if t.get(k) is not None:
             kwargs[k] = t[k]
     return pl.Trainer(**kwargs)
+
+
+def _cluster_plugins() -> list:
+    """Inside a SLURM job: Lightning's SLURM environment with auto-requeue. On USR1 (which
+    ``attnmel sweep --launcher slurm`` asks sbatch to send before the time limit) it saves
+    ``hpc_ckpt_<n>.ckpt`` in the run folder and requeues the job, which resumes from it."""
+    import signal
+
+    from lightning_fabric.plugins.environments import SLURMEnvironment
+
+    if not SLURMEnvironment.detect():
+        return []
+    return [SLURMEnvironment(auto_requeue=True, requeue_signal=signal.SIGUSR1)]
+
+
+def resume_checkpoint(run_dir: Path) -> Path | None:
+    """The checkpoint an interrupted run resumes from: the newest of ``checkpoints/last.ckpt`` and the
+    SLURM requeue checkpoints ``hpc_ckpt_<n>.ckpt``; None when there is neither."""
+    run_dir = Path(run_dir)
+    found = [p for p in [run_dir / "checkpoints" / LAST, *run_dir.glob(f"{HPC_PREFIX}*.ckpt")] if p.is_file()]
+    return max(found, key=lambda p: p.stat().st_mtime_ns) if found else None
 
 
 def train(cfg: dict, *, resume: bool = False, evaluate_after: bool = True) -> Path:
@@ -114,12 +139,13 @@ def train(cfg: dict, *, resume: bool = False, evaluate_after: bool = True) -> Pa
 
     _quiet_lightning()
     run_dir = run_dir_of(cfg)
-    last = run_dir / "checkpoints" / LAST
+    last = resume_checkpoint(run_dir) if resume else None
     if resume:
-        if not last.is_file():
-            raise file_error(last, "no checkpoint to resume from (train without --resume first)")
+        if last is None:
+            raise file_error(run_dir / "checkpoints" / LAST, "no checkpoint to resume from (train without --resume first)")
         cfg = _resume_config(config_mod.read_yaml(run_dir / "config.yaml"), cfg)
-    elif (run_dir / "checkpoints").is_dir() and any((run_dir / "checkpoints").glob("*.ckpt")):
+        log.info("%s: resuming from %s", run_dir, last)
+    elif resume_checkpoint(run_dir) is not None or any((run_dir / "checkpoints").glob("*.ckpt")):
         raise file_error(run_dir, "run folder already holds checkpoints: pass --resume to continue it, "
                                   "or name=<new name> for a new run")
     run_dir.mkdir(parents=True, exist_ok=True)
