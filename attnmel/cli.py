@@ -87,6 +87,11 @@ def build_parser() -> argparse.ArgumentParser:
     _add_launcher(sw)
     sw.add_argument("overrides", nargs="*", help="key=value overrides applied to every arm")
 
+    ex = sub.add_parser("export", help="export a run for deployment: model.onnx + model.json (no AttnMel needed)")
+    ex.add_argument("run_dir", type=Path)
+    ex.add_argument("--format", default="onnx", help="onnx (the only one so far)")
+    ex.add_argument("--out", type=Path, default=None, help="folder for model.onnx and model.json (default: RUN_DIR/export)")
+
     sg = sub.add_parser("segment", help="write lesion masks (8-bit PNG, 0/255, image size) with a segmentation run")
     sg.add_argument("run_dir", type=Path)
     sg.add_argument("images", nargs="+", type=Path)
@@ -166,6 +171,13 @@ def dispatch(args: argparse.Namespace) -> int | None:
         return run_sweep(args.sweep_file, dataset=args.dataset, jobs=args.jobs, out_root=args.out,
                          overrides=args.overrides, launcher=args.launcher, slurm_options=_slurm_options(args),
                          wait=args.wait)
+    if args.cmd == "export":
+        from attnmel.train.export import export_run
+
+        paths = export_run(args.run_dir, args.format, args.out)
+        print(f"exported: {paths['onnx']} (+ {paths['sidecar'].name}: classes, input size, normalisation, "
+              "preprocessing, parity)")
+        return 0
     if args.cmd == "segment":
         from attnmel.train.segment import segment_images
 

@@ -187,7 +187,9 @@ def run_one(plan: RunPlan, train_fn: Callable[..., Path] | None = None,
         if not attention_done(read_metrics(run_dir)):
             attention_fn(run_dir)
     except BaseException as e:  # noqa: BLE001 - one arm's failure (OOM, NaN, bug) must not stop the sweep
-        if isinstance(e, KeyboardInterrupt):
+        if isinstance(e, (KeyboardInterrupt, SystemExit)):
+            # Ctrl-C, or the scheduler's SIGTERM (Lightning raises SIGTERMException, a SystemExit) when a
+            # job is requeued or cancelled: not the run's failure; a requeued job resumes.
             raise
         message = _one_line(e)
         if not is_rank_zero():

@@ -133,8 +133,9 @@ def resume_checkpoint(run_dir: Path) -> Path | None:
     return max(found, key=lambda p: p.stat().st_mtime_ns) if found else None
 
 
-def train(cfg: dict, *, resume: bool = False, evaluate_after: bool = True) -> Path:
-    """Train a classifier (or segmenter) into its run folder; returns the folder."""
+def train(cfg: dict, *, resume: bool = False, evaluate_after: bool = True, callbacks: list | None = None) -> Path:
+    """Train a classifier (or segmenter) into its run folder; returns the folder.
+    ``callbacks``: extra Lightning callbacks (the training benchmark's step timer)."""
     import pytorch_lightning as pl
 
     _quiet_lightning()
@@ -153,7 +154,7 @@ def train(cfg: dict, *, resume: bool = False, evaluate_after: bool = True) -> Pa
     pl.seed_everything(int(cfg["seed"]), workers=True, verbose=False)
 
     module, dm = build_module_and_data(cfg)
-    trainer = build_trainer(cfg, run_dir)
+    trainer = build_trainer(cfg, run_dir, callbacks_extra=callbacks)
     trainer.fit(module, datamodule=dm, ckpt_path=str(last) if resume else None, weights_only=True if resume else None)
     if trainer.interrupted:
         raise AttnMelError(f"{run_dir}: training interrupted; continue it with `attnmel train --resume {run_dir}`")
