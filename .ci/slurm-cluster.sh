@@ -62,13 +62,15 @@ EOF
 }
 
 start() {
+  stop  # a cluster left over from an interrupted run (this script's pid files only)
+  rm -rf "$DIR/state" "$DIR/spool"
   write_conf
   export SLURM_CONF="$DIR/slurm.conf"
   # munged refuses a socket folder others can write; the key comes with Debian's munge package.
   chmod 0700 "$DIR/munge"
   munged --force --socket="$MUNGE_SOCKET" --pid-file="$DIR/munged.pid" --log-file="$DIR/log/munged.log" \
     --seed-file="$DIR/munge/munged.seed"
-  slurmctld -f "$SLURM_CONF"
+  slurmctld -c -f "$SLURM_CONF"  # -c: no jobs from an earlier cluster
   slurmd -f "$SLURM_CONF"
   for _ in $(seq 1 60); do
     if sinfo -h -N -o "%T" 2>/dev/null | grep -qE "^idle"; then
@@ -96,7 +98,9 @@ stop_one() {  # stop_one PIDFILE NAME: the daemon this script started, by its pi
 
 stop() {
   export SLURM_CONF="$DIR/slurm.conf"
-  [ -f "$SLURM_CONF" ] && scancel --quiet --user=root 2>/dev/null || true
+  if [ -f "$DIR/slurmctld.pid" ] && kill -0 "$(cat "$DIR/slurmctld.pid")" 2>/dev/null; then
+    scancel --quiet --user=root 2>/dev/null || true
+  fi
   stop_one "$DIR/slurmd.pid"
   stop_one "$DIR/slurmctld.pid"
   stop_one "$DIR/munged.pid"

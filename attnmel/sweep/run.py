@@ -368,7 +368,8 @@ def run_sweep(sweep_file: str | Path, dataset: str | None = None, jobs: int | No
     write_sweep_record(sweep_dir, spec, overrides)
     console = console or _console()
     console.print(f"sweep {spec.name} on {spec.dataset}: {len(spec.arms)} arms x {len(spec.seeds)} seeds "
-                  f"= {len(plans)} runs in {sweep_dir}" + (f", {jobs} in parallel" if jobs > 1 else ""))
+                  f"= {len(plans)} runs in {sweep_dir}" + (f", {jobs} in parallel" if jobs > 1 and backend is None else "")
+                  + (f", as {backend.name} jobs" if backend is not None else ""))
     start = time.perf_counter()
     if spec.dataset == "synthetic":
         # Generate the shared synthetic set once, up front, so parallel runs never race to write it.
