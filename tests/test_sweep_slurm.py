@@ -80,6 +80,16 @@ def test_resources_from_sweep_file_then_cli(tmp_path: Path) -> None:
         slurm.resources_from({}, {"time_min": "soon"}, spec.path)
 
 
+def test_shipped_sweep_files_slurm_blocks_resolve() -> None:
+    repo = Path(__file__).resolve().parents[1]
+    for name in ("paper", "regularisers", "attention"):
+        spec = load_sweep(repo / "experiments" / "sweeps" / f"{name}.yaml", "isic2017")
+        res = slurm.resources_from(spec.slurm, {}, spec.path)
+        assert (res.gpus_per_run, res.time_min) == (1, 240)
+        params = slurm.job_parameters(plan_runs(spec, "sweeps")[0].cfg, res, "j")
+        assert params["gpus_per_node"] == 1 and params["ntasks_per_node"] == 1
+
+
 def test_trainer_devices_and_nodes_become_slurm_resources() -> None:
     res = slurm.SlurmResources(partition="gpu", cpus_per_run=8, mem_gb=16, time_min=120, sbatch={"qos": "high"})
     gpu = slurm.job_parameters({"trainer": {"accelerator": "gpu", "devices": 4, "num_nodes": 2}}, res, "j")
