@@ -216,12 +216,17 @@ def test_local_executor_sweep_and_resume_after_kill(tmp_path: Path, monkeypatch:
     # Resubmitting while the job runs submits nothing.
     assert sweep_run.run_sweep(path, out_root=out, backend=backend, launcher="slurm", console=_quiet_console()) == 0
     assert json.loads((run_dir / "slurm" / "job.json").read_text())["job_id"] == job["job_id"]
-    # Kill the job once it has a checkpoint (preemption without warning), then resubmit: it resumes.
+    # Stop the job once it has a checkpoint (SIGTERM, as a scheduler preempting it; submitit's controller
+    # forwards it to the task), then resubmit: it resumes.
     deadline = time.monotonic() + 240
     while not (run_dir / "checkpoints" / "last.ckpt").is_file():
         assert time.monotonic() < deadline, _log_text(run_dir)
         time.sleep(0.5)
-    os.kill(int(job["job_id"]), signal.SIGKILL)
+    os.kill(int(job["job_id"]), signal.SIGTERM)
+    while backend.states([job["job_id"]])[job["job_id"]] != "ended":
+        assert time.monotonic() < deadline, _log_text(run_dir)
+        time.sleep(0.5)
+    assert not (run_dir / "error.txt").exists()  # a stopped job is not a failed run
     rc = sweep_run.run_sweep(path, out_root=out, backend=backend, launcher="slurm", wait=True, console=_quiet_console(),
                              wait_timeout_s=300)
     assert rc == 0, _log_text(run_dir)

@@ -246,8 +246,8 @@ class SlurmBackend(Backend):
         ids = [str(j) for j in job_ids]
         found: dict[str, str] = {}
         for jid in ids:  # one at a time: squeue fails the whole list when one id is unknown
-            out = _run_quiet(["squeue", "-h", "-t", "all", "-j", jid, "-o", "%i|%T"])
-            for line in (out or "").splitlines():
+            out = _squeue(jid)
+            for line in out.splitlines():
                 key, _, state = line.partition("|")
                 if key.strip() == jid:
                     found[jid] = _category(state)
@@ -259,6 +259,23 @@ class SlurmBackend(Backend):
                 if key.strip() in rest:
                     found[key.strip()] = _category(state)
         return {j: found.get(j, "ended") for j in ids}  # unknown to both: long gone
+
+
+def _squeue(job_id: str) -> str:
+    """``squeue`` lines of one job; "" when SLURM no longer knows it. Any other failure is an error: taking a
+    queued job for ended would submit it twice."""
+    try:
+        proc = subprocess.run(["squeue", "-h", "-t", "all", "-j", job_id, "-o", "%i|%T"], capture_output=True,
+                              text=True, timeout=60, check=False)
+    except (OSError, subprocess.TimeoutExpired) as e:
+        raise AttnMelError(f"squeue failed ({type(e).__name__}): cannot tell which jobs still run; nothing submitted") from None
+    if proc.returncode == 0:
+        return proc.stdout
+    message = " ".join(proc.stderr.split())
+    if "invalid job id" in message.lower():
+        return ""
+    raise AttnMelError(f"squeue failed: {message or f'exit status {proc.returncode}'}: cannot tell which jobs "
+                       "still run; nothing submitted")
 
 
 def _run_quiet(cmd: list[str]) -> str | None:
