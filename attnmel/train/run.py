@@ -48,6 +48,8 @@ def _quiet_lightning() -> None:
     warnings.filterwarnings("ignore", message=".*does not have many workers.*")
     warnings.filterwarnings("ignore", message=".*LeafSpec.*")
     warnings.filterwarnings("ignore", message=".*isinstance.*treespec.*")
+    # On a SLURM login node every local run would be told to prepend `srun`; cluster jobs go through sbatch.
+    warnings.filterwarnings("ignore", message=".*`srun` command is available on your system but is not used.*")
 
 
 def selection_metric(cfg: dict) -> str:
