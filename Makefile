@@ -11,7 +11,7 @@ ARGS ?=
 
 ROOT_ARG := $(if $(ROOT),data.root=$(ROOT),)
 
-.PHONY: install lint test test-slow test-browser demo train evaluate report sweep bench clean
+.PHONY: install lint test test-slow test-browser test-slurm demo train evaluate report sweep bench bench-gpu clean
 
 install: $(STAMP)
 
@@ -26,10 +26,19 @@ lint: install
 	$(BIN)/lint-imports
 
 test: install
-	$(BIN)/python -m pytest -m "not slow and not browser" -q $(ARGS)
+	$(BIN)/python -m pytest -m "not slow and not browser and not slurm" -q $(ARGS)
 
 test-slow: install
 	$(BIN)/python -m pytest -m "slow" -q $(ARGS)
+
+# A single-node SLURM cluster on localhost (root: installs slurm-wlm + munge), the cluster tests, then the
+# daemons stopped whatever the tests did.
+SLURM_TEST_DIR ?= /tmp/attnmel-slurm
+test-slurm: install
+	.ci/slurm-cluster.sh install
+	export SLURM_TEST_DIR=$(SLURM_TEST_DIR); .ci/slurm-cluster.sh start && \
+	  SLURM_CONF=$(SLURM_TEST_DIR)/slurm.conf $(BIN)/python -m pytest -m slurm -q tests/sweep/test_sweep_slurm.py $(ARGS); \
+	  rc=$$?; .ci/slurm-cluster.sh stop; exit $$rc
 
 test-browser: install
 	@command -v chromium >/dev/null 2>&1 || (apt-get update -qq && apt-get install -y -qq chromium >/dev/null)
@@ -52,6 +61,11 @@ sweep: install
 
 bench: install
 	$(BIN)/python -m attnmel.bench $(ARGS)
+
+# On a machine with a CUDA GPU: model (224 px, batch 32, fp32 vs bf16), a real train on an ISIC-sized
+# generated set, and the report on 600 test images -> reports/bench/gpu.json (ARGS=--tiny: CPU smoke run).
+bench-gpu: install
+	$(BIN)/python -m attnmel.bench.gpu $(ARGS)
 
 clean:
 	rm -rf runs sweeps reports/bench reports/index.html .pytest_cache

@@ -44,6 +44,27 @@ def _add_data(sub: argparse._SubParsersAction) -> None:
     st.add_argument("--split", default="train")
 
 
+def _add_launcher(sw: argparse.ArgumentParser) -> None:
+    """``attnmel sweep`` on a SLURM cluster: launcher and resources (None = the sweep file's ``slurm:``)."""
+    g = sw.add_argument_group("cluster (--launcher slurm; defaults from the sweep file's slurm: block)")
+    g.add_argument("--launcher", default="local", help="local (default: runs here) or slurm (one sbatch job per run)")
+    g.add_argument("--partition", default=None)
+    g.add_argument("--gpus-per-run", type=int, default=None, help="GPUs per node (default: trainer.devices on GPU)")
+    g.add_argument("--cpus-per-run", type=int, default=None, help="--cpus-per-task of each job")
+    g.add_argument("--mem-gb", type=float, default=None, help="memory per node, GiB")
+    g.add_argument("--time-min", type=int, default=None,
+                   help="time limit per job, minutes (requeued with its checkpoint)")
+    g.add_argument("--account", default=None)
+    g.add_argument("--sbatch", action="append", default=None, metavar="KEY=VALUE",
+                   help="extra sbatch option, repeatable (e.g. --sbatch qos=high --sbatch constraint=a100)")
+    g.add_argument("--wait", action="store_true", help="wait for the jobs to end, then write the summary")
+
+
+def _slurm_options(args: argparse.Namespace) -> dict:
+    return {"partition": args.partition, "gpus_per_run": args.gpus_per_run, "cpus_per_run": args.cpus_per_run,
+            "mem_gb": args.mem_gb, "time_min": args.time_min, "account": args.account, "sbatch": args.sbatch}
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="attnmel", description="Interpretable attention-based melanoma classification.")
     p.add_argument("-v", "--verbose", action="store_true", help="show debug logs and full tracebacks")
@@ -83,7 +104,14 @@ def build_parser() -> argparse.ArgumentParser:
     sw.add_argument("--jobs", type=int, default=None,
                     help="runs in this many parallel processes (default: the sweep file's, else 1)")
     sw.add_argument("--out", type=Path, default=Path("sweeps"))
+    _add_launcher(sw)
     sw.add_argument("overrides", nargs="*", help="key=value overrides applied to every arm")
+
+    ex = sub.add_parser("export", help="export a run for deployment: model.onnx + model.json (no AttnMel needed)")
+    ex.add_argument("run_dir", type=Path)
+    ex.add_argument("--format", default="onnx", help="onnx (the only one so far)")
+    ex.add_argument("--out", type=Path, default=None,
+                    help="folder for model.onnx and model.json (default: RUN_DIR/export)")
 
     sg = sub.add_parser("segment", help="write lesion masks (8-bit PNG, 0/255, image size) with a segmentation run")
     sg.add_argument("run_dir", type=Path)
@@ -199,7 +227,15 @@ def dispatch(args: argparse.Namespace) -> int | None:
         from attnmel.sweep.run import run_sweep
 
         return run_sweep(args.sweep_file, dataset=args.dataset, jobs=args.jobs, out_root=args.out,
-                         overrides=args.overrides)
+                         overrides=args.overrides, launcher=args.launcher, slurm_options=_slurm_options(args),
+                         wait=args.wait)
+    if args.cmd == "export":
+        from attnmel.train.export import export_run
+
+        paths = export_run(args.run_dir, args.format, args.out)
+        print(f"exported: {paths['onnx']} (+ {paths['sidecar'].name}: classes, input size, normalisation, "
+              "preprocessing, parity)")
+        return 0
     if args.cmd == "segment":
         from attnmel.train.rundir import load_run
         from attnmel.train.segment import segment_images

@@ -4,18 +4,24 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 import time
 from pathlib import Path
 
-PARTS = ("data", "cache_scale", "model", "segmentation", "report")
+PARTS = ("data", "cache_scale", "model", "segmentation", "report", "train", "export")
 
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m attnmel.bench", description=__doc__)
     p.add_argument("--only", default=",".join(PARTS), help=f"comma-separated parts of {', '.join(PARTS)}")
     p.add_argument("--out", type=Path, default=Path("reports/bench"))
+    p.add_argument("--tiny", action="store_true",
+                   help="smoke-test sizes for the train and export parts (a few small images, 64 px, width 0.125)")
     args = p.parse_args(argv)
+    if args.tiny:
+        os.environ["ATTNMEL_BENCH_TINY"] = "1"
+        os.environ["ATTNMEL_BENCH_TRAIN_MODE"] = "tiny"
     failed = []
     for part in [s.strip() for s in args.only.split(",") if s.strip()]:
         if part not in PARTS:

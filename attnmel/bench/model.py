@@ -97,11 +97,11 @@ class NaiveAttnMel(nn.Module):
         return self
 
 
-def _build(impl: str) -> nn.Module:
+def _build(impl: str, width: float = 1.0) -> nn.Module:
     from attnmel.models.vgg import AttnMelCNN
 
     torch.manual_seed(0)
-    model = AttnMelCNN(2)
+    model = AttnMelCNN(2, width=width)
     return model if impl == "attnmel" else NaiveAttnMel(2).copy_from(model)
 
 
@@ -142,13 +142,15 @@ def _iterations(size: int, mode: str) -> tuple[int, int]:
 
 
 def measure(impl: str, precision: str, channels_last: bool, mode: str, size: int, batch: int,
-            device: str = "cpu", warmup: int | None = None, iters: int | None = None) -> dict[str, Any]:
-    """Throughput (images/s) and peak memory of one setting, measured in the current process."""
+            device: str = "cpu", warmup: int | None = None, iters: int | None = None,
+            width: float = 1.0) -> dict[str, Any]:
+    """Throughput (images/s) and peak memory of one setting, measured in the current process
+    (``width``: the backbone's channel multiplier, for tiny smoke runs)."""
     w0, n0 = _iterations(size, mode)
     warmup = w0 if warmup is None else warmup
     iters = n0 if iters is None else iters
     dev = torch.device(device)
-    model = _build(impl).to(dev)
+    model = _build(impl, width).to(dev)
     x = torch.randn(batch, 3, size, size, device=dev)
     y = torch.randint(0, 2, (batch,), device=dev)
     if channels_last:

@@ -25,188 +25,31 @@ from __future__ import annotations
 import json
 import logging
 import os
-import subprocess
 import sys
-import tempfile
 import time
-import traceback
 from concurrent.futures import ProcessPoolExecutor, as_completed
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
 from rich.markup import escape
 
-from attnmel import config as config_mod
 from attnmel.errors import AttnMelError, file_error
 from attnmel.io import write_json, write_text
+from attnmel.sweep.one import (  # noqa: F401 - the per-run API, also reached through this module
+    RunResult,
+    _default_runner,
+    _one_line,
+    _worker_init,
+    check_same_run,
+    is_rank_zero,
+    run_one,
+    run_one_isolated,
+    wants_own_process,
+)
 from attnmel.sweep.spec import RunPlan, SweepSpec, load_sweep, plan_runs, sweep_dir_of
-from attnmel.sweep.state import ERROR_FILE, attention_done, classification_done, read_metrics, run_finished
-from attnmel.train.rundir import update_metrics
+from attnmel.sweep.state import ERROR_FILE
 
 log = logging.getLogger("attnmel.sweep")
-
-# Keys that make a run folder "the same run": a mismatch means the sweep file changed under it.
-IDENTITY_KEYS = (("seed",), ("task",), ("data", "dataset"), ("data", "root"), ("data", "image_size"),
-                 ("data", "num_classes"), ("model",), ("loss",), ("optim",))
-
-
-@dataclass
-class RunResult:
-    """What happened to one arm x seed."""
-
-    arm: str
-    seed: int
-    run_dir: str
-    status: str  # done | skipped | failed
-    seconds: float = 0.0
-    error: str | None = None
-
-
-def _get(cfg: dict[str, Any], keys: tuple[str, ...]) -> Any:
-    node: Any = cfg
-    for k in keys:
-        node = node.get(k) if isinstance(node, dict) else None
-    return node
-
-
-def check_same_run(run_dir: Path, cfg: dict[str, Any]) -> None:
-    """Refuse to resume a run folder whose saved config differs from what the sweep now asks for."""
-    path = run_dir / "config.yaml"
-    if not path.is_file():
-        return
-    saved = config_mod.read_yaml(path)
-    for keys in IDENTITY_KEYS:
-        if _get(saved, keys) != _get(cfg, keys):
-            raise AttnMelError(f"{run_dir}: holds a run with a different {'.'.join(keys)} than the sweep now "
-                               "asks for (the sweep file changed?): delete that folder or use --out")
-
-
-# -- one run ---------------------------------------------------------------------------------------
-def _train(cfg: dict[str, Any], resume: bool = False) -> Path:
-    from attnmel.train.run import train
-
-    return train(cfg, resume=resume)
-
-
-def _evaluate(run_dir: Path) -> None:
-    from attnmel.train.run import evaluate_tests
-
-    evaluate_tests(run_dir)
-
-
-def _score_attention(run_dir: Path) -> None:
-    """Write the ``attention`` section of ``metrics.json`` (or ``attention_skipped`` with the reason)."""
-    from attnmel.report.build import build_report
-
-    try:
-        build_report(run_dir, split="test")
-    except AttnMelError as e:
-        # Data without lesion masks cannot be scored; remember why so a resumed sweep does not retry.
-        if "mask" in str(e).lower():
-            update_metrics(run_dir, {"attention_skipped": str(e)})
-        else:
-            raise
-    if not attention_done(read_metrics(run_dir)):
-        update_metrics(run_dir, {"attention_skipped": "the report wrote no attention section"})
-
-
-def is_rank_zero() -> bool:
-    """False inside the extra processes of a DDP job (see :func:`attnmel.data.datamodule.process_rank`)."""
-    from attnmel.data.datamodule import process_rank
-
-    return process_rank() == 0
-
-
-def wants_own_process(cfg: dict[str, Any]) -> bool:
-    """Whether a run may use several devices or nodes (DDP), so it must run as its own process.
-
-    ``devices: auto`` / ``-1`` count as several: on a multi-GPU machine Lightning then picks DDP.
-    """
-    t = cfg.get("trainer") or {}
-    devices = t.get("devices", 1)
-    single = devices in (1, "1") or (isinstance(devices, (list, tuple)) and len(devices) == 1)
-    return not single or int(t.get("num_nodes", 1) or 1) > 1 or "ddp" in str(t.get("strategy", "")).lower()
-
-
-def run_one(plan: RunPlan, train_fn: Callable[..., Path] | None = None,
-            evaluate_fn: Callable[[Path], None] | None = None,
-            attention_fn: Callable[[Path], None] | None = None) -> RunResult:
-    """Bring one arm x seed to "finished", resuming what exists; never raises (failure -> ``error.txt``)."""
-    train_fn = train_fn or _train
-    evaluate_fn = evaluate_fn or _evaluate
-    attention_fn = attention_fn or _score_attention
-    run_dir = plan.run_dir
-    start = time.perf_counter()
-    try:
-        if run_finished(run_dir):
-            return RunResult(plan.arm, plan.seed, str(run_dir), "skipped")
-        check_same_run(run_dir, plan.cfg)
-        (run_dir / ERROR_FILE).unlink(missing_ok=True)
-        ckpts = run_dir / "checkpoints"
-        if not classification_done(read_metrics(run_dir)):
-            if (ckpts / "last.ckpt").is_file():
-                train_fn(plan.cfg, resume=True)
-            elif (ckpts / "best.ckpt").is_file():
-                evaluate_fn(run_dir)
-            else:
-                train_fn(plan.cfg, resume=False)
-        if not is_rank_zero():
-            return RunResult(plan.arm, plan.seed, str(run_dir), "done", time.perf_counter() - start)
-        if not attention_done(read_metrics(run_dir)):
-            attention_fn(run_dir)
-    except BaseException as e:  # one arm's failure (OOM, NaN, bug) must not stop the sweep
-        if isinstance(e, KeyboardInterrupt):
-            raise
-        message = _one_line(e)
-        if not is_rank_zero():
-            return RunResult(plan.arm, plan.seed, str(run_dir), "failed", time.perf_counter() - start, message)
-        try:
-            write_text(run_dir / ERROR_FILE, f"{message}\n\n{traceback.format_exc()}")
-        except OSError:
-            pass
-        return RunResult(plan.arm, plan.seed, str(run_dir), "failed", time.perf_counter() - start, message)
-    return RunResult(plan.arm, plan.seed, str(run_dir), "done", time.perf_counter() - start)
-
-
-def _one_line(e: BaseException) -> str:
-    text = str(e).strip().splitlines()[0] if str(e).strip() else ""
-    name = type(e).__name__
-    if isinstance(e, AttnMelError):
-        return text or name
-    return f"{name}: {text}" if text else name
-
-
-def _worker_init(threads: int) -> None:
-    # Parallel arms share the cores: without this each process would start one thread per core.
-    import torch
-
-    torch.set_num_threads(max(1, threads))
-    logging.basicConfig(level=logging.WARNING, format="attnmel: %(levelname)s: %(message)s")
-
-
-def run_one_isolated(plan: RunPlan) -> RunResult:
-    """:func:`run_one` in a fresh ``python -m attnmel.sweep.run --plan`` process (DDP-safe)."""
-    start = time.perf_counter()
-    with tempfile.TemporaryDirectory(prefix="attnmel-sweep-") as tmp:
-        plan_path, result_path = Path(tmp) / "plan.json", Path(tmp) / "result.json"
-        plan_path.write_text(json.dumps({"arm": plan.arm, "seed": plan.seed, "cfg": plan.cfg}), encoding="utf-8")
-        proc = subprocess.run([sys.executable, "-m", "attnmel.sweep.run", "--plan", str(plan_path),
-                               "--result", str(result_path)], check=False)
-        if result_path.is_file():
-            return RunResult(**json.loads(result_path.read_text(encoding="utf-8")))
-    message = f"run process exited with status {proc.returncode} without a result"
-    try:
-        write_text(plan.run_dir / ERROR_FILE, message + "\n")
-    except OSError:
-        pass
-    return RunResult(plan.arm, plan.seed, str(plan.run_dir), "failed", time.perf_counter() - start, message)
-
-
-def _default_runner(plan: RunPlan) -> RunResult:
-    """One run here, or in its own process when it uses DDP."""
-    return run_one_isolated(plan) if wants_own_process(plan.cfg) else run_one(plan)
-
 
 # -- the sweep -------------------------------------------------------------------------------------
 def execute(plans: list[RunPlan], jobs: int = 1, on_result: Callable[[RunResult, int, int], None] | None = None,
@@ -251,13 +94,15 @@ def _console():
 
 
 def _progress_printer(console) -> Callable[[RunResult, int, int], None]:
-    colours = {"done": "green", "skipped": "cyan", "failed": "red"}
+    colours = {"done": "green", "skipped": "cyan", "failed": "red", "queued": "yellow", "running": "blue"}
 
     def show(r: RunResult, i: int, n: int) -> None:
         colour = colours.get(r.status, "white")
         tail = f"  {escape(r.error)}" if r.error else ""
-        console.print(f"[{i}/{n}] {r.arm:<16} seed {r.seed:<3} [{colour}]{r.status:<7}[/{colour}] "
-                      f"{r.seconds:7.1f}s{tail}", markup=True, soft_wrap=True)
+        where = f"job {r.job_id}" if r.job_id else f"{r.seconds:7.1f}s"
+        count = f"[{i}/{n}] " if n else ""
+        console.print(f"{count}{r.arm:<16} seed {r.seed:<3} [{colour}]{r.status:<7}[/{colour}] "
+                      f"{where}{tail}", markup=True, soft_wrap=True)
 
     return show
 
@@ -306,13 +151,22 @@ def write_test_labels(sweep_dir: Path, cfg: dict[str, Any], split: str = "test")
 
 def run_sweep(sweep_file: str | Path, dataset: str | None = None, jobs: int | None = None,
               out_root: str | Path = Path("sweeps"), overrides: Iterable[str] = (), *, console=None,
-              runner: Callable[[RunPlan], RunResult] | None = None) -> int:
+              runner: Callable[[RunPlan], RunResult] | None = None, launcher: str = "local",
+              slurm_options: dict[str, Any] | None = None, wait: bool = False, backend=None,
+              wait_timeout_s: float | None = None) -> int:
     """Run (or resume) a sweep and write its summary; returns 0 if every run finished, else 1.
 
     ``jobs``: runs in parallel processes; None takes the sweep file's ``jobs`` for the dataset (default 1).
+    ``launcher="slurm"``: submit the runs as SLURM jobs instead (:mod:`attnmel.sweep.slurm`; resources from
+    the sweep file's ``slurm:`` and ``slurm_options``), then, with ``wait``, poll until they ended; without
+    it the summary shows them queued / running and the command returns 0 unless a run has failed.
     """
     from attnmel.sweep.summary import write_summary
 
+    if launcher != "local":
+        from attnmel.sweep import slurm
+
+        backend = backend or slurm.backend_for(slurm.check_launcher(launcher))
     overrides = list(overrides)
     spec = load_sweep(sweep_file, dataset)
     jobs = spec.jobs if jobs is None else int(jobs)
@@ -325,14 +179,19 @@ def run_sweep(sweep_file: str | Path, dataset: str | None = None, jobs: int | No
     write_sweep_record(sweep_dir, spec, overrides)
     console = console or _console()
     console.print(f"sweep {spec.name} on {spec.dataset}: {len(spec.arms)} arms x {len(spec.seeds)} seeds "
-                  f"= {len(plans)} runs in {escape(str(sweep_dir))}" + (f", {jobs} in parallel" if jobs > 1 else ""))
+                  f"= {len(plans)} runs in {escape(str(sweep_dir))}"
+                  + (f", {jobs} in parallel" if jobs > 1 and backend is None else "")
+                  + (f", as {backend.name} jobs" if backend is not None else ""))
     start = time.perf_counter()
     if spec.dataset == "synthetic":
         # Generate each synthetic set once, up front, so parallel runs never race to write it (an arm may
         # train on its own set, e.g. the shortcut sweep's artefact-free control).
         for cfg in {p.cfg["data"]["root"]: p.cfg for p in plans}.values():
             _prepare_data(cfg)
-    results = execute(plans, jobs, _progress_printer(console), runner)
+    if backend is None:
+        results = execute(plans, jobs, _progress_printer(console), runner)
+    else:
+        results = _run_on_cluster(spec, plans, backend, slurm_options or {}, console, wait, wait_timeout_s)
     from attnmel.data.synthetic import extra_test_splits
 
     if not (sweep_dir / "test_labels.csv").is_file():
@@ -342,12 +201,35 @@ def run_sweep(sweep_file: str | Path, dataset: str | None = None, jobs: int | No
             write_test_labels(sweep_dir, plans[0].cfg, split)
     paths = write_summary(sweep_dir, spec, results)
     failed = [r for r in results if r.status == "failed"]
-    console.print(f"sweep {spec.name}: {len(results) - len(failed)}/{len(results)} runs finished in "
-                  f"{time.perf_counter() - start:.0f}s; summary: {escape(str(paths['md']))}")
+    pending = [r for r in results if r.status in ("queued", "running")]
+    if pending:
+        console.print(f"sweep {spec.name}: {len(results) - len(failed) - len(pending)} finished, "
+                      f"{sum(r.status == 'queued' for r in pending)} queued, "
+                      f"{sum(r.status == 'running' for r in pending)} running, {len(failed)} failed; run the same "
+                      f"command again for the summary (nothing is submitted twice): {escape(str(paths['md']))}")
+    else:
+        console.print(f"sweep {spec.name}: {len(results) - len(failed)}/{len(results)} runs finished in "
+                      f"{time.perf_counter() - start:.0f}s; summary: {escape(str(paths['md']))}")
     for r in failed:
         console.print(escape(f"  failed: {r.arm} seed {r.seed}: {r.error} (see {Path(r.run_dir) / ERROR_FILE})"),
                       soft_wrap=True)
     return 1 if failed else 0
+
+
+def _run_on_cluster(spec: SweepSpec, plans: list[RunPlan], backend, cli_options: dict[str, Any], console,
+                    wait: bool, wait_timeout_s: float | None) -> list[RunResult]:
+    """Submit the unfinished runs (not those queued or running already); with ``wait``, poll to the end."""
+    from attnmel.sweep import slurm
+
+    resources = slurm.resources_from(spec.slurm, cli_options, spec.path)
+    show = _progress_printer(console)
+    results = slurm.submit_sweep(plans, resources, backend, show)
+    if wait:
+        results = slurm.wait(results, backend, timeout_s=wait_timeout_s,
+                             on_change=lambda r: show(r, 0, 0) if r.status != "running" else None)
+    else:
+        results = slurm.refresh(results, backend)
+    return results
 
 
 def _prepare_data(cfg: dict[str, Any]) -> None:

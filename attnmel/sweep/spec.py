@@ -8,6 +8,7 @@ A sweep file (``experiments/sweeps/<name>.yaml``)::
     overrides: {trainer.progress_bar: false}   # every dataset and arm
     seeds: [0, 1, 2]
     jobs: 1                             # optional: runs in parallel when the caller does not say (--jobs)
+    slurm: {partition: gpu, gpus_per_run: 1, cpus_per_run: 8, mem_gb: 32, time_min: 240}   # --launcher slurm
     datasets:                           # optional, per dataset: more overrides, other seeds, other jobs
       synthetic: {overrides: {trainer.max_epochs: 8}, seeds: [0, 1], jobs: 2}
     baseline: none                      # the arm the paired tests compare against
@@ -42,8 +43,8 @@ from attnmel.errors import file_error
 from attnmel.train.rundir import run_dir_of
 
 TOP_KEYS = ("name", "description", "base", "default_dataset", "overrides", "seeds", "jobs", "datasets", "baseline",
-            "paper_numbers", "arms")
-DATASET_KEYS = ("overrides", "seeds", "jobs")
+            "paper_numbers", "arms", "slurm")
+DATASET_KEYS = ("overrides", "seeds", "jobs", "slurm")
 ARM_KEYS = ("name", "label", "paper", "description", "overrides", "datasets", "only")
 _SAFE_NAME = re.compile(r"^[A-Za-z0-9_.-]+$")
 PAPER_NUMBERS = "paper_numbers.yaml"
@@ -74,6 +75,7 @@ class SweepSpec:
     description: str = ""
     paper_numbers: dict[str, Any] = field(default_factory=dict)
     jobs: int = 1
+    slurm: dict[str, Any] = field(default_factory=dict)  # ``slurm:`` <- ``datasets.<d>.slurm`` (checked by sweep.slurm)
 
     @property
     def folder_name(self) -> str:
@@ -154,7 +156,14 @@ def load_sweep(path: str | Path, dataset: str | None = None) -> SweepSpec:
         raise file_error(path, f"'name' must be a folder-safe string, got {name!r}")
     return SweepSpec(path=path, name=name, dataset=dataset, base=base_path, arms=arms, seeds=seeds,
                      baseline=str(baseline), description=str(raw.get("description") or ""),
-                     paper_numbers=_paper_numbers(path, raw, dataset), jobs=jobs)
+                     paper_numbers=_paper_numbers(path, raw, dataset), jobs=jobs, slurm=_slurm(path, raw, dataset))
+
+
+def _slurm(path: Path, raw: dict[str, Any], dataset: str) -> dict[str, Any]:
+    """The ``slurm`` resources: the file's, updated by the dataset's own block."""
+    ds_block = _mapping(path, f"datasets.{dataset}", _mapping(path, "datasets", raw.get("datasets")).get(dataset))
+    return {**_mapping(path, "slurm", raw.get("slurm")),
+            **_mapping(path, f"datasets.{dataset}.slurm", ds_block.get("slurm"))}
 
 
 def _base_config(path: Path, raw: dict[str, Any], dataset: str | None) -> tuple[dict[str, Any], str, Path]:

@@ -126,7 +126,7 @@ class RunRecord:
     arm: str
     seed: int
     run_dir: Path
-    status: str  # done | failed | missing
+    status: str  # done | failed | missing; queued | running (cluster jobs)
     metrics: dict[str, Any] = field(default_factory=dict)
     error: str | None = None
 
@@ -137,7 +137,10 @@ class RunRecord:
 
 def collect(sweep_dir: Path, spec: SweepSpec, results: Iterable[Any] = ()) -> list[RunRecord]:
     """Every planned arm x seed with its status and metrics (from the folders; ``results`` add errors)."""
+    results = list(results)  # read twice below
     errors = {(r.arm, r.seed): r.error for r in results if getattr(r, "status", None) == "failed"}
+    # Cluster jobs still in the queue (``--launcher slurm``): their folders are not final yet.
+    pending = {(r.arm, r.seed): r.status for r in results if getattr(r, "status", None) in ("queued", "running")}
     records = []
     for arm in spec.arms:
         for seed in spec.seeds:
@@ -147,7 +150,9 @@ def collect(sweep_dir: Path, spec: SweepSpec, results: Iterable[Any] = ()) -> li
             if err is None and (run_dir / ERROR_FILE).is_file():
                 err = (run_dir / ERROR_FILE).read_text(encoding="utf-8").splitlines()[0:1]
                 err = err[0] if err else "failed"
-            if err is not None:
+            if (arm.name, seed) in pending:
+                status, err = pending[(arm.name, seed)], None
+            elif err is not None:
                 status = "failed"
             elif classification_done(m):
                 status = "done"
@@ -290,6 +295,8 @@ def build_summary(sweep_dir: Path, spec: SweepSpec, records: Sequence[RunRecord]
             "splits": condition_splits(records),
             "missing": [{"arm": r.arm, "seed": r.seed, "status": r.status, "error": r.error}
                         for r in records if not r.ok],
+            "counts": {k: sum(r.status == k for r in records)
+                       for k in ("done", "queued", "running", "failed", "missing")},
             "rules": {"std": "sample standard deviation over seeds (ddof=1); blank from a single seed",
                       "auc_test": "DeLong on the seed-mean AUC: per-seed structural components averaged over the "
                                   "seeds both arms finished (seed k with seed k); variance over test images",
@@ -418,6 +425,7 @@ def markdown(summary: dict[str, Any]) -> str:
     if summary["description"]:
         lines += [summary["description"], ""]
     lines += [f"Seeds: {', '.join(map(str, summary['seeds']))}. Baseline arm: `{summary['baseline']}`.", ""]
+    lines += [run_counts(summary), ""]
     for t in tables(summary).values():
         lines += [f"## {t['title']}", "", "| " + " | ".join(_md(c) for c in t["header"]) + " |",
                   "|" + "|".join("---" for _ in t["header"]) + "|"]
@@ -434,6 +442,13 @@ def markdown(summary: dict[str, Any]) -> str:
     lines += ["", "## Statistics", ""] + [f"- {k}: {v}" for k, v in summary["rules"].items()]
     lines += ["", f"![AUC against mean attention Jaccard]({PLOT_FILE})", ""]
     return "\n".join(lines)
+
+
+def run_counts(summary: dict[str, Any]) -> str:
+    """``Runs: 3 finished, 1 queued, 0 running, 0 failed.`` (plus missing ones, when any)."""
+    c = summary["counts"]
+    text = f"Runs: {c['done']} finished, {c['queued']} queued, {c['running']} running, {c['failed']} failed"
+    return text + (f", {c['missing']} not started." if c["missing"] else ".")
 
 
 def csv_text(summary: dict[str, Any]) -> str:
@@ -551,7 +566,7 @@ def html(summary: dict[str, Any], plot_png: bytes | None) -> str:
                              undefined=jinja2.StrictUndefined)
     tmpl = env.get_template("summary.html")
     encoded = base64.b64encode(plot_png).decode("ascii") if plot_png else None
-    return tmpl.render(s=summary, tables=list(tables(summary).values()), plot=encoded)
+    return tmpl.render(s=summary, tables=list(tables(summary).values()), plot=encoded, counts=run_counts(summary))
 
 
 def write_summary(sweep_dir: str | Path, spec: SweepSpec, results: Iterable[Any] = (),

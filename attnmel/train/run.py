@@ -36,6 +36,7 @@ from attnmel.train.rundir import (
 )
 
 log = logging.getLogger("attnmel.train")
+HPC_PREFIX = "hpc_ckpt_"  # Lightning's SLURM auto-requeue checkpoints, in the run folder
 
 
 def _quiet_lightning() -> None:
@@ -44,6 +45,8 @@ def _quiet_lightning() -> None:
     warnings.filterwarnings("ignore", message=".*does not have many workers.*")
     warnings.filterwarnings("ignore", message=".*LeafSpec.*")
     warnings.filterwarnings("ignore", message=".*isinstance.*treespec.*")
+    # On a SLURM login node every local run would be told to prepend `srun`; cluster jobs go through sbatch.
+    warnings.filterwarnings("ignore", message=".*`srun` command is available on your system but is not used.*")
 
 
 def selection_metric(cfg: dict) -> str:
@@ -228,7 +231,7 @@ def build_trainer(cfg: dict, run_dir: Path, *, callbacks_extra: list | None = No
         callbacks=callbacks, logger=loggers, log_every_n_steps=int(t["log_every_n_steps"]),
         enable_progress_bar=bool(t["progress_bar"]), enable_model_summary=False,
         deterministic=bool(t["deterministic"]), default_root_dir=run_dir, num_sanity_val_steps=0,
-        plugins=[_atomic_checkpoint_io()],
+        plugins=[_atomic_checkpoint_io(), *_cluster_plugins()],
     )
     for k in ("limit_train_batches", "limit_val_batches"):
         if t.get(k) is not None:
@@ -243,31 +246,56 @@ class TrainingInterrupted(KeyboardInterrupt):
     """Ctrl-C during training; the message says whether and how the run can be resumed."""
 
 
-def train(cfg: dict, *, resume: bool = False, evaluate_after: bool = True) -> Path:
+def _cluster_plugins() -> list:
+    """Inside a SLURM job: Lightning's SLURM environment with auto-requeue. On USR1 (which
+    ``attnmel sweep --launcher slurm`` asks sbatch to send before the time limit) it saves
+    ``hpc_ckpt_<n>.ckpt`` in the run folder and requeues the job, which resumes from it."""
+    import signal
+
+    from lightning_fabric.plugins.environments import SLURMEnvironment
+
+    if not SLURMEnvironment.detect():
+        return []
+    return [SLURMEnvironment(auto_requeue=True, requeue_signal=signal.SIGUSR1)]
+
+
+def resume_checkpoint(run_dir: Path) -> Path | None:
+    """The checkpoint an interrupted run resumes from: the newest of ``checkpoints/last.ckpt`` and the
+    SLURM requeue checkpoints ``hpc_ckpt_<n>.ckpt``; None when there is neither."""
+    run_dir = Path(run_dir)
+    found = [p for p in [run_dir / "checkpoints" / LAST, *run_dir.glob(f"{HPC_PREFIX}*.ckpt")] if p.is_file()]
+    return max(found, key=lambda p: p.stat().st_mtime_ns) if found else None
+
+
+def train(cfg: dict, *, resume: bool = False, evaluate_after: bool = True, callbacks: list | None = None) -> Path:
     """Train a classifier (or segmenter) into its run folder; returns the folder.
 
-    ``resume``: continue from ``checkpoints/last.ckpt``; ``cfg`` may differ from the checkpoint's config
-    only in :data:`attnmel.config.RESUME_MAY_CHANGE` (anything else is refused in one line).
+    ``resume``: continue from the newest of ``checkpoints/last.ckpt`` and a SLURM requeue checkpoint
+    (:func:`resume_checkpoint`); ``cfg`` may differ from the checkpoint's config only in
+    :data:`attnmel.config.RESUME_MAY_CHANGE` (anything else is refused in one line). ``callbacks``: extra
+    Lightning callbacks (the training benchmark's step timer).
     """
     _quiet_lightning()
     run_dir = run_dir_of(cfg)
     with lock_run(run_dir):
-        return _train_locked(cfg, run_dir, resume, evaluate_after)
+        return _train_locked(cfg, run_dir, resume, evaluate_after, callbacks)
 
 
-def _train_locked(cfg: dict, run_dir: Path, resume: bool, evaluate_after: bool) -> Path:
+def _train_locked(cfg: dict, run_dir: Path, resume: bool, evaluate_after: bool, callbacks: list | None) -> Path:
     import pytorch_lightning as pl
 
-    last = checkpoint_path(run_dir, LAST)
+    last = resume_checkpoint(run_dir) if resume else None
     resume_epoch = None
     if resume:
-        if not last.is_file():
-            raise file_error(last, "no checkpoint to resume from (train without --resume first)")
+        if last is None:
+            raise file_error(checkpoint_path(run_dir, LAST), "no checkpoint to resume from (train without --resume "
+                                                             "first)")
         ckpt = read_checkpoint(last)
         config_mod.check_resume_changes(ckpt["attnmel"]["config"], cfg, str(run_dir))
         resume_epoch = int(ckpt.get("epoch", 0))
         del ckpt
-    elif (run_dir / "checkpoints").is_dir() and any((run_dir / "checkpoints").glob("*.ckpt")):
+        log.info("%s: resuming from %s", run_dir, last)
+    elif resume_checkpoint(run_dir) is not None or any((run_dir / "checkpoints").glob("*.ckpt")):
         raise file_error(run_dir, "run folder already holds checkpoints: pass --resume to continue it, "
                                   "or name=<new name> for a new run")
     cfg = resolve_mask_source(cfg)  # before any DataModule exists, and before the config is saved
@@ -276,8 +304,8 @@ def _train_locked(cfg: dict, run_dir: Path, resume: bool, evaluate_after: bool) 
     pl.seed_everything(int(cfg["seed"]), workers=True, verbose=False)
 
     module, dm = build_module_and_data(cfg)
-    trainer = build_trainer(cfg, run_dir, resume_epoch=resume_epoch)
-    _fit(trainer, module, dm, last if resume else None, run_dir)
+    trainer = build_trainer(cfg, run_dir, resume_epoch=resume_epoch, callbacks_extra=callbacks)
+    _fit(trainer, module, dm, last, run_dir)
     if not checkpoint_path(run_dir, BEST).is_file():
         raise file_error(run_dir, "training finished without a checkpoint (was there any validation data?)")
     if evaluate_after and trainer.is_global_zero:

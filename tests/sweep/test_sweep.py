@@ -14,6 +14,7 @@ import yaml
 from sklearn.metrics import average_precision_score, roc_auc_score
 
 from attnmel.errors import AttnMelError
+from attnmel.sweep import one as sweep_one
 from attnmel.sweep import run as sweep_run
 from attnmel.sweep import stats
 from attnmel.sweep.spec import load_sweep, plan_runs
@@ -302,8 +303,8 @@ def fake_sweep(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
         calls.append((Path(cfg["out_dir"]).name, cfg["seed"], resume))
         return fake_train(cfg, resume)
 
-    monkeypatch.setattr(sweep_run, "_train", counting_train)
-    monkeypatch.setattr(sweep_run, "_score_attention", fake_attention)
+    monkeypatch.setattr(sweep_one, "_train", counting_train)
+    monkeypatch.setattr(sweep_one, "_score_attention", fake_attention)
     monkeypatch.setattr(sweep_run, "_prepare_data", lambda cfg: None)
     monkeypatch.setattr(sweep_run, "write_test_labels", fake_labels)
     monkeypatch.setattr("attnmel.sweep.summary._rebuild_index", lambda root: None)
@@ -469,7 +470,7 @@ def test_two_arm_sweep_end_to_end(tmp_path: Path, monkeypatch: pytest.MonkeyPatc
     assert "tiny/summary.html" in (tmp_path / "reports" / "index.html").read_text()
     # Second call: everything finished, nothing retrained.
     calls = []
-    monkeypatch.setattr(sweep_run, "_train", lambda cfg, resume=False: calls.append(cfg))
+    monkeypatch.setattr(sweep_one, "_train", lambda cfg, resume=False: calls.append(cfg))
     assert _run(path, out, jobs=1) == 0 and calls == []
 
 
