@@ -29,7 +29,7 @@ test: install
 	$(BIN)/python -m pytest -m "not slow and not browser and not slurm" -q $(ARGS)
 
 test-slow: install
-	$(BIN)/python -m pytest -m "slow" -q $(ARGS)
+	$(BIN)/python -m pytest -m "slow and not slurm" -q $(ARGS)
 
 # A single-node SLURM cluster on localhost (root: installs slurm-wlm + munge), the cluster tests, then the
 # daemons stopped whatever the tests did.
