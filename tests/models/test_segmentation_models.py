@@ -244,6 +244,7 @@ def test_unet_loads_its_own_state_dict(tmp_path, unet):
         assert torch.equal(loaded.state_dict()[key], value), key
 
 
+@pytest.mark.slow  # seconds each: make test stays under 2 minutes; make test-slow (CI) runs it
 def test_maskrcnn_loads_a_whole_detector_with_another_class_count(tmp_path):
     from torchvision.models.detection import maskrcnn_resnet50_fpn
 
@@ -290,6 +291,7 @@ def test_imagenet_offline_says_how_to_get_the_file(tmp_path, monkeypatch):
         torch.hub.set_dir(old)
 
 
+@pytest.mark.slow  # seconds each: make test stays under 2 minutes; make test-slow (CI) runs it
 def test_maskrcnn_local_backbone_weights_and_reload_without_them(resnet50_file):
     path, state = resnet50_file
     model = build_segmenter("maskrcnn", {"pretrained": str(path), **FAST_RCNN})
@@ -372,6 +374,7 @@ def test_segmentation_module_optimiser_config():
 
 
 # -- learning -------------------------------------------------------------------------------------
+@pytest.mark.slow  # seconds each: make test stays under 2 minutes; make test-slow (CI) runs it
 def test_unet_learns_synthetic_lesions():
     torch.manual_seed(0)
     x, y = lesions(80, 48, seed=0)

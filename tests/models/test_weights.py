@@ -39,6 +39,7 @@ def test_local_torchvision_file_loads_the_backbone(name: str, vgg_file: Path, vg
     assert model.classifier.weight.shape[0] == 2  # the ImageNet head was ignored
 
 
+@pytest.mark.slow  # seconds each: make test stays under 2 minutes; make test-slow (CI) runs it
 def test_vgg16_also_takes_fc6_fc7(vgg_file: Path, vgg_state: dict) -> None:
     model = build_model({"name": "vgg16", "pretrained": str(vgg_file)}, 2)
     own = model.state_dict()

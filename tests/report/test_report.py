@@ -189,6 +189,7 @@ def test_reports_index_lists_the_run_with_relative_links(tiny_run):
 
 
 # -- bad input ------------------------------------------------------------------------------------------
+@pytest.mark.slow  # seconds each: make test stays under 2 minutes; make test-slow (CI) runs it
 def test_html_in_an_image_id_is_escaped_and_ig_is_scored_like_the_rest(tiny_run, tmp_path, monkeypatch):
     run_dir = _copy_run(tiny_run, tmp_path / "xss")
     _patch_split(monkeypatch, lambda s: [dataclasses.replace(s[0], image_id=XSS), *s[1:]])
@@ -311,6 +312,7 @@ def test_page_says_what_the_maps_explain_and_documents_the_colours(tiny_run):
     assert m["attention"]["target"] == "predicted"
 
 
+@pytest.mark.slow  # seconds each: make test stays under 2 minutes; make test-slow (CI) runs it
 def test_a_report_that_fails_half_way_leaves_the_previous_one_whole(tiny_run, tmp_path, monkeypatch):
     import attnmel.report.build as B
 

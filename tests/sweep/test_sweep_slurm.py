@@ -82,6 +82,7 @@ def test_resources_from_sweep_file_then_cli(tmp_path: Path) -> None:
         slurm.resources_from({}, {"time_min": "soon"}, spec.path)
 
 
+@pytest.mark.slow  # seconds each: make test stays under 2 minutes; make test-slow (CI) runs it
 def test_shipped_sweep_files_slurm_blocks_resolve() -> None:
     repo = Path(__file__).resolve().parents[2]
     for name in ("paper", "regularisers", "attention"):

@@ -54,6 +54,7 @@ def test_predict_refuses_a_segmentation_run(seg_run):
         predict_images(seg_run, [Path("x.jpg")])
 
 
+@pytest.mark.slow  # seconds each: make test stays under 2 minutes; make test-slow (CI) runs it
 def test_segment_then_classify_with_svm(seg_run, synthetic_root, tmp_path):
     cfg = config_mod.load_config(EXPERIMENTS / "stc_synthetic.yaml", [
         f"data.root={synthetic_root}", f"data.masks={seg_run}", f"out_dir={tmp_path}", "name=stc",

@@ -180,6 +180,7 @@ def test_unknown_model_and_regulariser_are_clear_errors(synthetic_root, tmp_path
         run_mod.train(tiny_cfg(synthetic_root, tmp_path, "r", "loss.regulariser=lesionn"))
 
 
+@pytest.mark.slow  # seconds each: make test stays under 2 minutes; make test-slow (CI) runs it
 def test_predict_cli_gives_probabilities_and_overlays(trained, synthetic_root, tmp_path, capsys):
     images = sorted((synthetic_root / "ISIC-2017_Test_v2_Data").glob("ISIC_*.jpg"))[:2]
     assert cli_main(["predict", str(trained), *map(str, images), "--overlay", str(tmp_path / "ov")]) == 0
