@@ -234,7 +234,9 @@ def _list(item: Check, what: str, length: int | None = None, none: bool = False)
 
 
 def _oversample(v: Any) -> Any:
-    what = "an integer >= 1, or a mapping of class name -> integer >= 1"
+    what = "an integer >= 1, null (off), or a mapping of class name -> integer >= 1"
+    if v is None:  # off; also the only way to clear a mapping from the command line (merge keeps mappings)
+        return v
     if _is_int(v) and v >= 1:
         return v
     if isinstance(v, dict) and v and all(_is_int(x) and x >= 1 for x in v.values()):
