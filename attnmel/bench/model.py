@@ -145,7 +145,8 @@ def measure(impl: str, precision: str, channels_last: bool, mode: str, size: int
             device: str = "cpu", warmup: int | None = None, iters: int | None = None,
             width: float = 1.0) -> dict[str, Any]:
     """Throughput (images/s) and peak memory of one setting, measured in the current process
-    (``width``: the backbone's channel multiplier, for tiny smoke runs)."""
+    (``width``: the backbone's channel multiplier, for tiny smoke runs). One function on purpose: build, warm up
+    and time must share the model, the inputs and the timing loop exactly."""
     w0, n0 = _iterations(size, mode)
     warmup = w0 if warmup is None else warmup
     iters = n0 if iters is None else iters

@@ -192,24 +192,34 @@ def run_sweep(sweep_file: str | Path, dataset: str | None = None, jobs: int | No
         results = execute(plans, jobs, _progress_printer(console), runner)
     else:
         results = _run_on_cluster(spec, plans, backend, slurm_options or {}, console, wait, wait_timeout_s)
+    _write_labels(sweep_dir, plans[0].cfg)
+    paths = write_summary(sweep_dir, spec, results)
+    return _report_end(console, spec, results, paths["md"], start)
+
+
+def _write_labels(sweep_dir: Path, cfg: dict[str, Any]) -> None:
+    """``test_labels.csv`` (and ``<split>_labels.csv`` of the synthetic set's extra test splits), once."""
     from attnmel.data.synthetic import extra_test_splits
 
     if not (sweep_dir / "test_labels.csv").is_file():
-        write_test_labels(sweep_dir, plans[0].cfg)
-    for split in extra_test_splits(plans[0].cfg["data"]):
+        write_test_labels(sweep_dir, cfg)
+    for split in extra_test_splits(cfg["data"]):
         if not (sweep_dir / f"{split}_labels.csv").is_file():
-            write_test_labels(sweep_dir, plans[0].cfg, split)
-    paths = write_summary(sweep_dir, spec, results)
+            write_test_labels(sweep_dir, cfg, split)
+
+
+def _report_end(console, spec: SweepSpec, results: list[RunResult], summary_md: Path, start: float) -> int:
+    """The closing lines (finished / queued / running / failed) and the exit status: 1 if a run failed."""
     failed = [r for r in results if r.status == "failed"]
     pending = [r for r in results if r.status in ("queued", "running")]
     if pending:
         console.print(f"sweep {spec.name}: {len(results) - len(failed) - len(pending)} finished, "
                       f"{sum(r.status == 'queued' for r in pending)} queued, "
                       f"{sum(r.status == 'running' for r in pending)} running, {len(failed)} failed; run the same "
-                      f"command again for the summary (nothing is submitted twice): {escape(str(paths['md']))}")
+                      f"command again for the summary (nothing is submitted twice): {escape(str(summary_md))}")
     else:
         console.print(f"sweep {spec.name}: {len(results) - len(failed)}/{len(results)} runs finished in "
-                      f"{time.perf_counter() - start:.0f}s; summary: {escape(str(paths['md']))}")
+                      f"{time.perf_counter() - start:.0f}s; summary: {escape(str(summary_md))}")
     for r in failed:
         console.print(escape(f"  failed: {r.arm} seed {r.seed}: {r.error} (see {Path(r.run_dir) / ERROR_FILE})"),
                       soft_wrap=True)
