@@ -222,3 +222,16 @@ def synthetic_factory(tmp_path_factory) -> Callable[..., Path]:
 def synthetic_root(synthetic_factory) -> Path:
     """48 synthetic 64-px lesions (ISIC 2017 layout, read with dataset ``synthetic``); read-only."""
     return synthetic_factory()
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """One intra-op thread for a module of small models: at test sizes a second thread only spins on a shared
+    CPU (measured ~10x slower per U-Net step with 2 threads on the busy 2-core CI box). Use it with
+    ``pytestmark = pytest.mark.usefixtures("one_thread")``."""
+    import torch
+
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(old)

@@ -44,14 +44,7 @@ def lesions(n: int, size: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
     return torch.from_numpy((images - 0.6) / 0.2), torch.from_numpy(masks)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """These models are small at test sizes: a second intra-op thread only spins on a shared CPU
-    (measured ~10x slower per U-Net step with 2 threads on the busy 2-core CI box)."""
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

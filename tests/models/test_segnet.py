@@ -13,13 +13,7 @@ from attnmel.errors import AttnMelError
 from attnmel.models.segmentation import build_segmenter
 from attnmel.models.segmentation.segnet import SegNet, max_unpool
 
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

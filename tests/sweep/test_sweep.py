@@ -19,6 +19,7 @@ from attnmel.sweep import run as sweep_run
 from attnmel.sweep import stats
 from attnmel.sweep.spec import load_sweep, plan_runs
 from attnmel.sweep.summary import build_summary, collect, read_predictions, write_summary
+from tests.sweep._configs import base_config
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -146,21 +147,8 @@ def test_mean_std() -> None:
 
 
 # -- sweep files -----------------------------------------------------------------------------------
-def _base_config(tmp: Path) -> Path:
-    path = tmp / "exp.yaml"
-    path.write_text(yaml.safe_dump({
-        "data": {"dataset": "synthetic", "root": str(tmp / "data"), "center_crop": 1.0, "resize": 72,
-                 "image_size": 64, "batch_size": 8, "num_workers": 0, "oversample": 1, "cache": False,
-                 "synthetic": {"n": 60, "size": 64, "spurious": True, "seed": 0}},
-        "model": {"name": "attnmel", "pretrained": "none", "width": 0.125},
-        "optim": {"name": "adamw", "lr": 0.001},
-        "trainer": {"max_epochs": 1, "progress_bar": False, "accelerator": "cpu"},
-    }))
-    return path
-
-
 def _sweep_file(tmp: Path, arms: list[dict[str, Any]], **extra: Any) -> Path:
-    base = _base_config(tmp)
+    base = base_config(tmp)
     doc = {"base": {"synthetic": base.name}, "seeds": [0], "baseline": arms[0]["name"], "arms": arms, **extra}
     path = tmp / "tiny.yaml"
     path.write_text(yaml.safe_dump(doc, sort_keys=False))

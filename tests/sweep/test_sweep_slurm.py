@@ -27,23 +27,11 @@ from attnmel.errors import AttnMelError
 from attnmel.sweep import run as sweep_run
 from attnmel.sweep import slurm
 from attnmel.sweep.spec import load_sweep, plan_runs
-
-
-def _base_config(tmp: Path, **trainer: Any) -> Path:
-    path = tmp / "exp.yaml"
-    path.write_text(yaml.safe_dump({
-        "data": {"dataset": "synthetic", "root": str(tmp / "data"), "center_crop": 1.0, "resize": 72,
-                 "image_size": 64, "batch_size": 8, "num_workers": 0, "oversample": 1, "cache": False,
-                 "synthetic": {"n": 60, "size": 64, "spurious": True, "seed": 0}},
-        "model": {"name": "attnmel", "pretrained": "none", "width": 0.125},
-        "optim": {"name": "adamw", "lr": 0.001},
-        "trainer": {"max_epochs": 1, "progress_bar": False, "accelerator": "cpu", "precision": "32-true", **trainer},
-    }))
-    return path
+from tests.sweep._configs import base_config
 
 
 def _sweep_file(tmp: Path, arms: list[dict[str, Any]], name: str = "tiny", **extra: Any) -> Path:
-    base = _base_config(tmp)
+    base = base_config(tmp, precision="32-true")
     doc = {"base": {"synthetic": base.name}, "seeds": [0], "baseline": arms[0]["name"], "arms": arms, **extra}
     path = tmp / f"{name}.yaml"
     path.write_text(yaml.safe_dump(doc, sort_keys=False))
