@@ -49,3 +49,9 @@ def random_map(image_id: str, hw: tuple[int, int]) -> np.ndarray:
 def random_map_hw(image_hw: tuple[int, int]) -> tuple[int, int]:
     """The random map's size for an input of ``image_hw``."""
     return max(1, int(image_hw[0]) // RANDOM_MAP_STRIDE), max(1, int(image_hw[1]) // RANDOM_MAP_STRIDE)
+
+
+def baseline_maps(ids: Sequence[str], hw: tuple[int, int]) -> dict[str, list[np.ndarray]]:
+    """The model-free maps of each image at ``hw``: the centred blob and the uniform-random floor, by method key."""
+    blob = gaussian_blob(hw)
+    return {"blob": [blob for _ in ids], "random": [random_map(i, random_map_hw(hw)) for i in ids]}

@@ -161,7 +161,7 @@ def collect(inp: Inputs, integrated_gradients: bool, target: str | int = DEFAULT
 
 def _score_batch(c: Collected, batch: dict, maps: dict[str, np.ndarray], ids: list[str], root: Path) -> None:
     """Score one batch's maps (and the blob and random baselines) against its lesion masks into ``c``."""
-    from attnmel.explain.baselines import blob_maps, random_map, random_map_hw
+    from attnmel.explain.baselines import baseline_maps
     from attnmel.explain.maps import attention_quality
 
     x = batch["image"]
@@ -173,8 +173,7 @@ def _score_batch(c: Collected, batch: dict, maps: dict[str, np.ndarray], ids: li
                                f"{tuple(x.shape[-2:])} after the transform; masks must have the image's size")
     masks = list((mk[:, 0] > 0.5).numpy())
     scored = {k: [v[i].astype(np.float32) for i in range(len(ids))] for k, v in maps.items()}
-    scored["blob"] = blob_maps(masks)
-    scored["random"] = [random_map(i, random_map_hw(tuple(x.shape[-2:]))) for i in ids]
+    scored.update(baseline_maps(ids, tuple(x.shape[-2:])))  # masks have the image's size (checked above)
     rows = attention_quality(scored, masks, ids)["per_image"]
     # attention_quality lists each method's images in batch order.
     for j, r in enumerate(rows):

@@ -28,11 +28,13 @@ import logging
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable
 
 import numpy as np
 import torch
 from torch import nn
+
+from attnmel.explain.baselines import baseline_maps
 
 log = logging.getLogger("attnmel.report")
 
@@ -78,14 +80,6 @@ class ChecksInput:
 
 def _image_hw(inp: ChecksInput) -> tuple[int, int]:
     return tuple(inp.dataset[0]["image"].shape[-2:])  # type: ignore[return-value]
-
-
-def model_free_maps(ids: Sequence[str], hw: tuple[int, int]) -> dict[str, list[np.ndarray]]:
-    """The centred blob and the uniform-random map of each image (neither depends on the model)."""
-    from attnmel.explain.baselines import gaussian_blob, random_map, random_map_hw
-
-    blob = gaussian_blob(hw)
-    return {"blob": [blob for _ in ids], "random": [random_map(i, random_map_hw(hw)) for i in ids]}
 
 
 def explanation_checks(inp: ChecksInput, fig_dir: Path, faithfulness_images: int = FAITHFULNESS_IMAGES,
@@ -157,7 +151,7 @@ def _artefacts(inp: ChecksInput, methods: list[str]) -> tuple[dict[str, Any], di
         return {"available": False, "reason": reason}, {"available": False, "reason": reason}, []
     n = len(inp.ids)
     hw = _image_hw(inp)
-    free = model_free_maps(inp.ids, hw)
+    free = baseline_maps(inp.ids, hw)
     per: dict[str, list[dict[str, float]]] = {m: [] for m in methods}
     has: list[bool] = []
     for k in range(n):
@@ -204,7 +198,7 @@ def _faithfulness(inp: ChecksInput, sample: list[int], methods: list[str], steps
     model = inp.model.eval()
     images = torch.stack([inp.dataset[k]["image"] for k in sample])
     hw = tuple(images.shape[-2:])
-    free = model_free_maps([inp.ids[k] for k in sample], hw)
+    free = baseline_maps([inp.ids[k] for k in sample], hw)
     sal = {m: torch.from_numpy(np.stack([np.asarray(free[m][j] if m in free else inp.maps[k][m], dtype=np.float32)
                                          for j, k in enumerate(sample)])) for m in methods}
     targets = torch.from_numpy(inp.probs[sample].argmax(axis=1).astype(np.int64))
@@ -231,7 +225,7 @@ def _explainer(inp: ChecksInput, ids: list[str], with_ig: bool):
 
     def explain(model: nn.Module, x: torch.Tensor) -> dict[str, torch.Tensor]:
         maps = dict(explain_batch(model, x, methods, target="predicted").maps)
-        for m, v in model_free_maps(ids, tuple(x.shape[-2:])).items():
+        for m, v in baseline_maps(ids, tuple(x.shape[-2:])).items():
             maps[m] = torch.from_numpy(np.stack(v))
         return maps
 
