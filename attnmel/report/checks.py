@@ -38,7 +38,7 @@ from attnmel.explain.baselines import baseline_maps
 
 log = logging.getLogger("attnmel.report")
 
-FAITHFULNESS_IMAGES = 24
+FAITHFULNESS_IMAGES = 16  # with 8 steps and 5 methods: ~1200 forwards, ~270 s of the 600-image report at 224 px
 FAITHFULNESS_STEPS = 8
 RANDOMISATION_IMAGES = 12
 RANDOMISATION_STAGES = 8
@@ -178,11 +178,12 @@ def _artefacts(inp: ChecksInput, methods: list[str]) -> tuple[dict[str, Any], di
 
 # -- faithfulness ------------------------------------------------------------------------------------
 def _predict(model: nn.Module) -> Callable[[torch.Tensor], torch.Tensor]:
-    """Class probabilities from a channels-last copy of the model (about 1.4x faster on a CPU, same weights;
-    the model benchmark of docs/BENCHMARKS.md), for the many forward passes of the curves."""
-    import copy
+    """Class probabilities from the explanations' prepared copy of the model (BatchNorm folded, channels-last:
+    :func:`attnmel.explain.attributions.prepared_model`, the one the report's forward already built), for the
+    many forward passes of the curves."""
+    from attnmel.explain.attributions import prepared_model
 
-    fast = copy.deepcopy(model).eval().to(memory_format=torch.channels_last)
+    fast = prepared_model(model, channels_last=True)
 
     def predict(x: torch.Tensor) -> torch.Tensor:
         with torch.inference_mode():

@@ -371,7 +371,7 @@ def test_cam_and_explain_batch(model_and_images) -> None:
 
 
 def test_batchnorm_folding_keeps_the_function_and_ig_and_leaves_the_model_alone(model_and_images) -> None:
-    from attnmel.explain.attributions import fold_batchnorm, ig_model
+    from attnmel.explain.attributions import fold_batchnorm, prepared_model
 
     model, x = model_and_images
     model.eval()
@@ -387,9 +387,19 @@ def test_batchnorm_folding_keeps_the_function_and_ig_and_leaves_the_model_alone(
     plain = integrated_gradients_maps(model, x, targets, n_steps=8, precision="fp32", fold_bn=False)
     fast = integrated_gradients_maps(model, x, targets, n_steps=8, precision="fp32")
     torch.testing.assert_close(fast, plain, rtol=1e-4, atol=1e-5)
-    first = ig_model(model)
-    assert ig_model(model) is first  # prepared once per model
+    first = prepared_model(model)
+    assert prepared_model(model) is first  # prepared once per model
     with torch.no_grad():
         model.fc.bias.add_(1.0)  # new weights: a new copy
-    assert ig_model(model) is not first
+    assert prepared_model(model) is not first
     assert all(p.requires_grad for p in model.parameters()) and next(model.parameters()).is_contiguous()
+    # The report's forward runs on the prepared copy: the same predictions and maps as the model as trained
+    # (in eval mode whatever mode the model is in, which stays as it was).
+    model.train()
+    on_copy = explain_batch(model, x, ("attention", "gradcam", "cam"))
+    as_is = explain_batch(model, x, ("attention", "gradcam", "cam"), prepared=False)
+    torch.testing.assert_close(on_copy.logits, as_is.logits, rtol=1e-5, atol=1e-5)
+    assert set(on_copy.maps) == set(as_is.maps) and on_copy.maps
+    for k in as_is.maps:
+        torch.testing.assert_close(on_copy.maps[k], as_is.maps[k], rtol=1e-4, atol=1e-5)
+    assert model.training and model.stem[1].training and all(p.requires_grad for p in model.parameters())
