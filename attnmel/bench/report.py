@@ -13,6 +13,8 @@ Integrated Gradients over n images and projects it to 600 (``integrated_gradient
 the report ran it before (fp32, contiguous, BatchNorm unfolded, 32 interpolated images per pass) against today's
 settings (:func:`attnmel.explain.attributions.integrated_gradients_maps` defaults), alternating the two per image
 so that both see the same machine load, and gives the Spearman rank correlation of bf16 maps with fp32 ones.
+``fp32_ceiling`` (:func:`ig_ceiling`) sets "now" against the fastest any fp32 implementation could run here:
+IG's counted floating-point operations over this CPU's measured matmul rate.
 ``ATTNMEL_BENCH_IG_IMAGES=<n>`` (default 2) sets the images timed; 0 skips it.
 """
 
@@ -131,7 +133,44 @@ def ig_speed(n_images: int = 2, size: int = IMAGE_SIZE, width: float = 1.0, n_st
                                                                  else " is emulated (no bf16 units): slower, same "
                                                                       "rounding")},
         "per_image_s": {k: [round(v, 2) for v in vs] for k, vs in times.items()},
+        "fp32_ceiling": ig_ceiling(now, n_steps, size, width),
     }
+
+
+def matmul_gflops(n: int = 2048, reps: int = 5, dtype: torch.dtype = torch.float32) -> float:
+    """The machine's dense matrix-multiply rate (GFLOP/s, all of torch's threads): the ceiling that convolution
+    kernels approach."""
+    a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
+    a @ b
+    t0 = time.perf_counter()
+    for _ in range(reps):
+        a @ b
+    return 2.0 * n ** 3 * reps / (time.perf_counter() - t0) / 1e9
+
+
+def ig_ceiling(now_s_per_image: float, n_steps: int = 32, size: int = IMAGE_SIZE, width: float = 1.0) -> dict:
+    """How close Integrated Gradients runs to this CPU's fp32 arithmetic rate: floating-point operations of one
+    interpolated image (forward + input gradient on the prepared model, counted by torch's ``FlopCounterMode``)
+    x ``n_steps``, against :func:`matmul_gflops`. The floor is the fastest any fp32 implementation of the same
+    ``n_steps``-point integral could run here."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from attnmel.explain.attributions import prepared_model
+    from attnmel.models import build_model
+
+    torch.manual_seed(0)
+    net = prepared_model(build_model({"name": "attnmel", "pretrained": "none", "width": width}, 2).eval())
+    x = torch.randn(1, 3, size, size).contiguous(memory_format=torch.channels_last).requires_grad_(True)
+    with FlopCounterMode(display=False) as counter:
+        net(x).logits[:, 1].sum().backward()
+    gflop = counter.get_total_flops() / 1e9 * n_steps
+    rate = matmul_gflops()
+    floor = gflop / rate
+    return {"what": f"fp32 arithmetic of IG ({n_steps} steps, {size} px, width {width}) against this CPU's "
+                    "2048x2048 fp32 matmul rate",
+            "gflop_per_image": round(gflop, 3), "matmul_gflops": round(rate, 1),
+            "floor_s_per_image": round(floor, 3), "now_s_per_image": round(now_s_per_image, 2),
+            "share_of_ceiling": round(floor / now_s_per_image, 3) if now_s_per_image else None}
 
 
 def run(out_json: Path, limit: int | None = None, integrated_gradients: bool = False,
