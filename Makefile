@@ -25,8 +25,11 @@ lint: install
 	$(BIN)/ruff check attnmel tests
 	$(BIN)/lint-imports
 
+# pytest-xdist: one worker per core (each with one torch thread, tests/conftest.py), a test file per worker so
+# that module fixtures are built once; TEST_WORKERS=0 runs everything in this process (for pdb).
+TEST_WORKERS ?= auto
 test: install
-	$(BIN)/python -m pytest -m "not slow and not browser and not slurm" -q $(ARGS)
+	$(BIN)/python -m pytest -m "not slow and not browser and not slurm" -q -n $(TEST_WORKERS) --dist loadfile $(ARGS)
 
 test-slow: install
 	$(BIN)/python -m pytest -m "slow and not slurm" -q $(ARGS)

@@ -8,12 +8,24 @@ so a mask paired with the wrong image shows up as a size mismatch.
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import Callable
 
 import numpy as np
 import pytest
 from PIL import Image
+
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Under pytest-xdist (``make test`` runs 2 workers) each worker keeps to one intra-op thread: two workers
+    with two threads each on 2 cores only contend."""
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        import torch
+
+        torch.set_num_threads(1)
+
 
 SPLIT_2017 = {"train": "Training", "val": "Validation", "test": "Test_v2"}
 

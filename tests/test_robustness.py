@@ -351,7 +351,9 @@ def _first(root: Path, folder: str, pattern: str) -> Path:
     return sorted((root / folder).glob(pattern))[0]
 
 
-def test_data_check_errors_on_an_empty_lesion_mask_and_warns_on_low_and_tiny(make_isic2017_tree, capsys):
+def test_data_check_errors_on_an_empty_lesion_mask_and_warns_on_low_and_tiny(make_isic2017_tree, capsys,
+                                                                             monkeypatch):
+    monkeypatch.setenv("COLUMNS", "1000")  # rich wraps its table at the width; a long tmp path would be split
     root = make_isic2017_tree()
     empty = _first(root, "ISIC-2017_Training_Part1_GroundTruth", "*.png")
     w, h = Image.open(empty).size
