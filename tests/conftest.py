@@ -17,9 +17,8 @@ import pytest
 from PIL import Image
 
 
-
 def pytest_configure(config: pytest.Config) -> None:
-    """Under pytest-xdist (``make test`` runs 2 workers) each worker keeps to one intra-op thread: two workers
+    """Under pytest-xdist (``make test`` runs one worker per core) each worker keeps to one intra-op thread: two workers
     with two threads each on 2 cores only contend."""
     if os.environ.get("PYTEST_XDIST_WORKER"):
         import torch

@@ -16,6 +16,9 @@ so that both see the same machine load, and gives the Spearman rank correlation 
 ``fp32_ceiling`` (:func:`ig_ceiling`) sets "now" against the fastest any fp32 implementation could run here:
 IG's counted floating-point operations over this CPU's measured matmul rate.
 ``ATTNMEL_BENCH_IG_IMAGES=<n>`` (default 2) sets the images timed; 0 skips it.
+``ATTNMEL_BENCH_IG_CONVERGENCE_RUN=<run dir>`` adds ``integrated_gradients_convergence`` (:func:`ig_convergence`:
+8, 16 and 32 steps against 128) on that trained run's first ``ATTNMEL_BENCH_IG_CONVERGENCE_IMAGES`` (32) test
+images.
 """
 
 from __future__ import annotations
@@ -173,6 +176,63 @@ def ig_ceiling(now_s_per_image: float, n_steps: int = 32, size: int = IMAGE_SIZE
             "share_of_ceiling": round(floor / now_s_per_image, 3) if now_s_per_image else None}
 
 
+def ig_convergence(model: torch.nn.Module, images: torch.Tensor, steps: Sequence[int] = (8, 16, 32),
+                   reference_steps: int = 128) -> dict:
+    """How far Integrated Gradients with fewer Gauss-Legendre points is from a ``reference_steps`` one, per step
+    count: Spearman rank correlation and Jaccard of the maps binarised the report's way (re-normalised to [0, 1],
+    at 0.5), and the completeness error |sum of attributions - (f(x) - f(0))| / |f(x) - f(0)| that the IG paper
+    asks to keep within 5 %. Maps explain each image's predicted class."""
+    import numpy as np
+    from captum.attr import IntegratedGradients
+    from scipy.stats import spearmanr
+
+    from attnmel.explain.attributions import prepared_model
+    from attnmel.explain.maps import binarise, postprocess_map
+
+    net = prepared_model(model)
+
+    def f(z: torch.Tensor) -> torch.Tensor:
+        return net(z.contiguous(memory_format=torch.channels_last)).logits
+
+    with torch.no_grad():
+        targets = f(images).argmax(dim=1)
+        rows = torch.arange(len(images))
+        gap = (f(images)[rows, targets] - f(torch.zeros_like(images))[rows, targets]).abs().clamp_min(1e-6)
+    ig = IntegratedGradients(f)
+
+    def maps(n: int) -> tuple[torch.Tensor, torch.Tensor, float]:
+        t0 = time.perf_counter()
+        a, delta = ig.attribute(images, baselines=0.0, target=targets, n_steps=n, internal_batch_size=16,
+                                return_convergence_delta=True)
+        return a.detach().abs().sum(dim=1), (delta.detach().abs() / gap), time.perf_counter() - t0
+
+    ref, _, _ = maps(reference_steps)
+    out = {}
+    for n in steps:
+        m, err, secs = maps(n)
+        rho = [spearmanr(m[i].flatten(), ref[i].flatten()).statistic for i in range(len(images))]
+        jac = []
+        for i in range(len(images)):
+            a, b = (binarise(postprocess_map(t[i], tuple(t[i].shape))) for t in (m, ref))
+            jac.append(float((a & b).sum() / max(1, (a | b).sum())))
+        out[str(n)] = {"spearman": round(float(np.mean(rho)), 4), "jaccard_binarised": round(float(np.mean(jac)), 4),
+                       "completeness_error_median": round(float(err.median()), 4),
+                       "share_within_5_percent": round(float((err <= 0.05).float().mean()), 3),
+                       "s_per_image": round(secs / len(images), 3)}
+    return {"reference_steps": reference_steps, "n_images": len(images), "by_steps": out}
+
+
+def _convergence_on_run(run_dir: Path, n_images: int) -> dict:
+    """:func:`ig_convergence` on the first ``n_images`` test images of a trained run (e.g. ``runs/demo``)."""
+    from attnmel.data.datamodule import AttnMelDataModule
+    from attnmel.train.rundir import load_run
+
+    run = load_run(run_dir)
+    ds = AttnMelDataModule(run.cfg, progress=False).dataset("test")
+    images = torch.stack([ds[i]["image"] for i in range(min(n_images, len(ds)))])
+    return {"run": str(run_dir), **ig_convergence(run.model.eval(), images)}
+
+
 def run(out_json: Path, limit: int | None = None, integrated_gradients: bool = False,
         ig_images: int | None = None) -> dict:
     """Time the report over the 600-image test split (or its first ``limit`` images, extrapolated);
@@ -211,6 +271,10 @@ def run(out_json: Path, limit: int | None = None, integrated_gradients: bool = F
     n_ig = int(os.environ.get("ATTNMEL_BENCH_IG_IMAGES", "2"))
     if n_ig > 0:
         out["integrated_gradients_speed"] = ig_speed(n_ig)
+    conv_run = os.environ.get("ATTNMEL_BENCH_IG_CONVERGENCE_RUN")
+    if conv_run:
+        out["integrated_gradients_convergence"] = _convergence_on_run(
+            Path(conv_run), int(os.environ.get("ATTNMEL_BENCH_IG_CONVERGENCE_IMAGES", "32")))
     write_json(out_json, out)
     return out
 

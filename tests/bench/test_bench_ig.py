@@ -3,7 +3,10 @@ what the former settings computed, and its arithmetic count matches a hand count
 
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 import pytest
+import torch
 
 from attnmel.bench.report import ig_ceiling, ig_speed
 
@@ -36,3 +39,24 @@ def test_ig_ceiling_counts_vgg16_convolutions_twice_per_step():
     assert hand_gflop <= r["gflop_per_image"] <= 1.1 * hand_gflop
     assert r["matmul_gflops"] > 0
     assert r["floor_s_per_image"] == pytest.approx(r["gflop_per_image"] / r["matmul_gflops"], abs=1e-3)
+
+
+class _Cubic(torch.nn.Module):
+    """logits = [0, sum x^3]: along the path a x the integrand 3 a^2 x^3 is quadratic in a, so one Gauss-Legendre
+    point (a = 1/2) gives 3/4 of the exact attribution x^3 and two points give it exactly."""
+
+    def forward(self, x: torch.Tensor):
+        s = (x ** 3).flatten(1).sum(dim=1)
+        return SimpleNamespace(logits=torch.stack([torch.zeros_like(s), s], dim=1))
+
+
+def test_ig_convergence_matches_gauss_legendre_by_hand():
+    from attnmel.bench.report import ig_convergence
+
+    x = torch.rand(3, 3, 8, 8, generator=torch.Generator().manual_seed(1)) + 0.1  # sum x^3 > 0: class 1
+    r = ig_convergence(_Cubic(), x, steps=(1, 2), reference_steps=8)["by_steps"]
+    assert r["1"]["completeness_error_median"] == pytest.approx(0.25, abs=1e-3)
+    assert r["1"]["share_within_5_percent"] == 0.0
+    assert r["2"]["completeness_error_median"] == pytest.approx(0.0, abs=1e-4)
+    for n in ("1", "2"):  # |3/4 x^3| ranks pixels as |x^3| does
+        assert r[n]["spearman"] == pytest.approx(1.0) and r[n]["jaccard_binarised"] == pytest.approx(1.0)
