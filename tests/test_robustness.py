@@ -353,7 +353,7 @@ def _first(root: Path, folder: str, pattern: str) -> Path:
 
 def test_data_check_errors_on_an_empty_lesion_mask_and_warns_on_low_and_tiny(make_isic2017_tree, capsys,
                                                                              monkeypatch):
-    monkeypatch.setenv("COLUMNS", "1000")  # rich wraps its table at the width; a long tmp path would be split
+    monkeypatch.setenv("COLUMNS", "60")  # a narrow terminal: each problem is still one line, its path whole
     root = make_isic2017_tree()
     empty = _first(root, "ISIC-2017_Training_Part1_GroundTruth", "*.png")
     w, h = Image.open(empty).size
@@ -361,8 +361,9 @@ def test_data_check_errors_on_an_empty_lesion_mask_and_warns_on_low_and_tiny(mak
     low = sorted((root / "ISIC-2017_Validation_Part1_GroundTruth").glob("*.png"))[0]
     Image.fromarray(np.where(np.asarray(Image.open(low)) > 0, 100, 0).astype(np.uint8)).save(low)
     assert cli_main(["data", "check", "--dataset", "isic2017", "--root", str(root)]) == 1
-    out = capsys.readouterr().out.replace("\n", " ")
-    assert "lesion mask is empty" in out and empty.name in out
+    lines = capsys.readouterr().out.splitlines()
+    assert any("lesion mask is empty" in line and str(empty) in line for line in lines)
+    out = " ".join(lines)
     assert "no value above 128" in out and low.name in out
     assert "under 32 px on the short side" in out  # the fixture's images are 8-20 px
 

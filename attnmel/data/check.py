@@ -160,7 +160,8 @@ def check_dataset(dataset: str, root: str | Path, **opts: Any) -> CheckResult:
 
 
 def render_check(result: CheckResult, console: Any = None) -> None:
-    """Print the table and the list of problems with ``rich``."""
+    """Print the table and the list of problems with ``rich``. Each problem and warning is one line, never
+    wrapped at the terminal's width (``soft_wrap``), so that a path stays whole in a log or a grep."""
     from rich.console import Console
     from rich.markup import escape
     from rich.table import Table
@@ -189,24 +190,24 @@ def render_check(result: CheckResult, console: Any = None) -> None:
         console.print(f"{s.split}: {s.total} images | without masks {len(s.images_without_masks)} | "
                       f"labels without images {len(s.labels_without_images)} | "
                       f"without labels {len(s.images_without_labels)} | unreadable {len(s.unreadable)}",
-                      markup=False, highlight=False)
+                      markup=False, highlight=False, soft_wrap=True)
         if s.small_images:
             console.print(f"{s.split}: warning: {len(s.small_images)} image(s) under {SMALL_SIDE} px on the short side "
-                          f"(upsampled in training): {_few(s.small_images)}", markup=False, highlight=False)
+                          f"(upsampled in training): {_few(s.small_images)}", markup=False, highlight=False, soft_wrap=True)
         if s.low_masks:
             console.print(f"{s.split}: warning: {len(s.low_masks)} mask(s) with no value above 128, read as empty "
-                          f"(expected 0/255): {_few(s.low_masks)}", markup=False, highlight=False)
+                          f"(expected 0/255): {_few(s.low_masks)}", markup=False, highlight=False, soft_wrap=True)
         if s.attributes:
             console.print(f"{s.split}: images showing each attribute: "
-                          + ", ".join(f"{a} {s.attributes[a]}" for a in ATTRIBUTES), markup=False, highlight=False)
+                          + ", ".join(f"{a} {s.attributes[a]}" for a in ATTRIBUTES), markup=False, highlight=False, soft_wrap=True)
         if s.nonbinary_masks:
             console.print(f"{s.split}: {len(s.nonbinary_masks)} mask(s) not strictly 0/255 (thresholded at > 128): "
-                          f"{_few(s.nonbinary_masks)}", markup=False, highlight=False)
+                          f"{_few(s.nonbinary_masks)}", markup=False, highlight=False, soft_wrap=True)
     problems = result.problems()
     if problems:
         console.print(f"[bold red]{len(problems)} problem(s):[/bold red]")
         for p in problems:
-            console.print(f"  {p}", markup=False, highlight=False)
+            console.print(f"  {p}", markup=False, highlight=False, soft_wrap=True)
     else:
         console.print("[green]ok[/green]: every image, label and mask was read")
 
