@@ -167,6 +167,10 @@ def render_check(result: CheckResult, console: Any = None) -> None:
     from rich.table import Table
 
     console = console or Console()
+
+    def say(line: str) -> None:
+        console.print(line, markup=False, highlight=False, soft_wrap=True)
+
     labelled = result.dataset not in SEGMENTATION_ONLY
     table = Table(title=escape(f"{result.dataset}: {result.root}"))
     table.add_column("split")
@@ -187,27 +191,26 @@ def render_check(result: CheckResult, console: Any = None) -> None:
     for s in result.splits:
         if s.error:
             continue
-        console.print(f"{s.split}: {s.total} images | without masks {len(s.images_without_masks)} | "
-                      f"labels without images {len(s.labels_without_images)} | "
-                      f"without labels {len(s.images_without_labels)} | unreadable {len(s.unreadable)}",
-                      markup=False, highlight=False, soft_wrap=True)
+        say(f"{s.split}: {s.total} images | without masks {len(s.images_without_masks)} | "
+            f"labels without images {len(s.labels_without_images)} | "
+            f"without labels {len(s.images_without_labels)} | unreadable {len(s.unreadable)}")
         if s.small_images:
-            console.print(f"{s.split}: warning: {len(s.small_images)} image(s) under {SMALL_SIDE} px on the short side "
-                          f"(upsampled in training): {_few(s.small_images)}", markup=False, highlight=False, soft_wrap=True)
+            say(f"{s.split}: warning: {len(s.small_images)} image(s) under {SMALL_SIDE} px on the short side "
+                f"(upsampled in training): {_few(s.small_images)}")
         if s.low_masks:
-            console.print(f"{s.split}: warning: {len(s.low_masks)} mask(s) with no value above 128, read as empty "
-                          f"(expected 0/255): {_few(s.low_masks)}", markup=False, highlight=False, soft_wrap=True)
+            say(f"{s.split}: warning: {len(s.low_masks)} mask(s) with no value above 128, read as empty "
+                f"(expected 0/255): {_few(s.low_masks)}")
         if s.attributes:
-            console.print(f"{s.split}: images showing each attribute: "
-                          + ", ".join(f"{a} {s.attributes[a]}" for a in ATTRIBUTES), markup=False, highlight=False, soft_wrap=True)
+            say(f"{s.split}: images showing each attribute: "
+                + ", ".join(f"{a} {s.attributes[a]}" for a in ATTRIBUTES))
         if s.nonbinary_masks:
-            console.print(f"{s.split}: {len(s.nonbinary_masks)} mask(s) not strictly 0/255 (thresholded at > 128): "
-                          f"{_few(s.nonbinary_masks)}", markup=False, highlight=False, soft_wrap=True)
+            say(f"{s.split}: {len(s.nonbinary_masks)} mask(s) not strictly 0/255 (thresholded at > 128): "
+                f"{_few(s.nonbinary_masks)}")
     problems = result.problems()
     if problems:
         console.print(f"[bold red]{len(problems)} problem(s):[/bold red]")
         for p in problems:
-            console.print(f"  {p}", markup=False, highlight=False, soft_wrap=True)
+            say(f"  {p}")
     else:
         console.print("[green]ok[/green]: every image, label and mask was read")
 
