@@ -241,8 +241,11 @@ def integrated_gradients_maps(model: nn.Module, images: torch.Tensor, targets: t
                               n_steps: int = DEFAULT_IG_STEPS,
                               internal_batch_size: int | None = DEFAULT_IG_INTERNAL_BATCH,
                               precision: str = "auto", channels_last: bool = True, fold_bn: bool = True,
-                              baseline: torch.Tensor | float = 0.0) -> torch.Tensor:
-    """Integrated Gradients (B, H, W) of ``targets`` (B,): |attribution| summed over the colour channels.
+                              baseline: torch.Tensor | float = 0.0,
+                              return_delta: bool = False) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+    """Integrated Gradients (B, H, W) of ``targets`` (B,): |attribution| summed over the colour channels;
+    ``return_delta``: also captum's convergence delta (B,), sum of the signed attributions - (f(x) - f(baseline)),
+    on the CPU.
 
     captum's ``IntegratedGradients`` (Gauss-Legendre, ``n_steps`` points), run the way training runs plus what
     only inference allows: parameters frozen (input gradients only), BatchNorm folded into the convolutions
@@ -270,12 +273,15 @@ def integrated_gradients_maps(model: nn.Module, images: torch.Tensor, targets: t
             model.to(memory_format=torch.channels_last)
         try:
             x = images.to(dev)
-            attr = IntegratedGradients(forward).attribute(x, baselines=baseline, target=targets.to(dev),
-                                                          n_steps=n_steps, internal_batch_size=internal_batch_size)
+            out = IntegratedGradients(forward).attribute(x, baselines=baseline, target=targets.to(dev),
+                                                         n_steps=n_steps, internal_batch_size=internal_batch_size,
+                                                         return_convergence_delta=return_delta)
         finally:
             if not fold_bn and channels_last:
                 model.to(memory_format=torch.contiguous_format)
-    return attr.detach().float().abs().sum(dim=1).cpu()
+    attr, delta = out if return_delta else (out, None)
+    maps = attr.detach().float().abs().sum(dim=1).cpu()
+    return (maps, delta.detach().float().cpu()) if return_delta else maps
 
 
 # -- several at once ---------------------------------------------------------------------------------------
