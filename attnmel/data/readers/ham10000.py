@@ -26,26 +26,22 @@ from attnmel.data.readers._common import (
     read_table,
     unique_ids,
 )
-from attnmel.data.readers.splits import check_fraction, persisted_split, split_file_name, stratified_assign
+from attnmel.data.readers.splits import check_fractions, grouped_split
 from attnmel.data.samples import DatasetIndex
-from attnmel.errors import AttnMelError, file_error
+from attnmel.errors import file_error
 
 CLASSES_7 = ["MEL", "NV", "BCC", "AKIEC", "BKL", "DF", "VASC"]
 METADATA_NAMES = ("HAM10000_metadata.csv", "HAM10000_metadata", "HAM10000_metadata.tab", "HAM10000_metadata.txt")
 IMAGE_DIRS = ("HAM10000_images_part_1", "HAM10000_images_part_2", "HAM10000_images", "images",
               "ISIC2018_Task3_Training_Input")
 MASK_DIRS = ("HAM10000_segmentations_lesion_tschandl", "HAM10000_segmentations")
-SPLIT_DEFAULTS = {"val_fraction": 0.2, "test_fraction": 0.2, "seed": 0}
 
 
 def read(root: str | Path, split: str, num_classes: int = 2, val_fraction: float = 0.2,
          test_fraction: float = 0.2, seed: int = 0, cache_dir: str | Path | None = None) -> DatasetIndex:
     """Index one split; the split is drawn by lesion the first time and read back from disk after."""
     check_num_classes("ham10000", num_classes, (2, 7))
-    val_fraction = check_fraction("val_fraction", val_fraction)
-    test_fraction = check_fraction("test_fraction", test_fraction)
-    if val_fraction + test_fraction >= 1.0:
-        raise AttnMelError(f"val_fraction + test_fraction must be below 1 (got {val_fraction + test_fraction:g})")
+    fractions = check_fractions(val_fraction, test_fraction)
     root = check_root(root)
     meta = find_file(root, METADATA_NAMES)
     if meta is None:
@@ -58,17 +54,10 @@ def read(root: str | Path, split: str, num_classes: int = 2, val_fraction: float
     for d in dict.fromkeys(image_dirs):  # one folder can match two names case-insensitively
         list_images(d, into=images)
 
-    lesion_dx: dict[str, int] = {}
-    for image_id in sorted(dx):  # a lesion's class: that of its first image (they agree in HAM10000)
-        lesion_dx.setdefault(lesion[image_id], dx[image_id])
-    by_class = {c: [les for les, d in lesion_dx.items() if d == c] for c in range(len(CLASSES_7))}
-    params = {"val_fraction": val_fraction, "test_fraction": test_fraction, "seed": int(seed)}
-    assignment, _ = persisted_split(
-        root, split_file_name("attnmel_splits", params, SPLIT_DEFAULTS), "lesion_id", lesion_dx.keys(),
-        ("train", "val", "test"),
-        lambda: stratified_assign(by_class, {"test": test_fraction, "val": val_fraction}, int(seed)),
-        source=meta, cache_dir=cache_dir)
-    ids = [k for k in dx if assignment[lesion[k]] == split]
+    # Drawn by lesion, stratified by the lesion's class (its images' classes agree in HAM10000).
+    assignment = grouped_split(root, "attnmel_splits", "lesion_id", lesion, dx, fractions, int(seed), meta,
+                               cache_dir)
+    ids = [k for k in dx if assignment[k] == split]
     mel = CLASSES_7.index("MEL")
     labels = {k: (int(dx[k] == mel) if num_classes == 2 else dx[k]) for k in ids}
     mask_dir = find_dir(root, MASK_DIRS)

@@ -30,9 +30,9 @@ from attnmel.data.readers._common import (
     unique_ids,
 )
 from attnmel.data.readers.isic2018_task3 import read_onehot
-from attnmel.data.readers.splits import check_fraction, grouped_split
+from attnmel.data.readers.splits import check_fractions, grouped_split
 from attnmel.data.samples import DatasetIndex
-from attnmel.errors import AttnMelError, file_error
+from attnmel.errors import file_error
 
 log = logging.getLogger("attnmel.data")
 
@@ -46,10 +46,7 @@ def read(root: str | Path, split: str, num_classes: int = 2, val_fraction: float
          split_file: str | Path | None = None) -> DatasetIndex:
     """Index one drawn split (train / val / test) of the ISIC 2019 training set."""
     check_num_classes("isic2019", num_classes, (2, 8))
-    fractions = {"val": check_fraction("val_fraction", val_fraction),
-                 "test": check_fraction("test_fraction", test_fraction)}
-    if fractions["val"] + fractions["test"] >= 1.0:
-        raise AttnMelError("val_fraction + test_fraction must be below 1")
+    fractions = check_fractions(val_fraction, test_fraction)
     root = check_root(root)
     gt = find_file(root, [GT_NAME])
     if gt is None:

@@ -28,9 +28,9 @@ from attnmel.data.readers._common import (
     read_table,
     unique_ids,
 )
-from attnmel.data.readers.splits import check_fraction, grouped_split
+from attnmel.data.readers.splits import check_fractions, grouped_split
 from attnmel.data.samples import DatasetIndex
-from attnmel.errors import AttnMelError, file_error
+from attnmel.errors import file_error
 
 CSV_NAMES = ("train.csv", "ISIC_2020_Training_GroundTruth_v2.csv", "ISIC_2020_Training_GroundTruth.csv")
 IMAGE_DIRS = ("train", "jpeg/train", "ISIC_2020_Training_JPEG/train", "ISIC_2020_Training_JPEG")
@@ -51,10 +51,7 @@ def read(root: str | Path, split: str, num_classes: int = 2, val_fraction: float
          split_file: str | Path | None = None) -> DatasetIndex:
     """Index one drawn split (train / val / test) of the ISIC 2020 training set."""
     check_num_classes("isic2020", num_classes, (2,))
-    fractions = {"val": check_fraction("val_fraction", val_fraction),
-                 "test": check_fraction("test_fraction", test_fraction)}
-    if fractions["val"] + fractions["test"] >= 1.0:
-        raise AttnMelError("val_fraction + test_fraction must be below 1")
+    fractions = check_fractions(val_fraction, test_fraction)
     root = check_root(root)
     gt = find_file(root, CSV_NAMES)
     if gt is None:

@@ -76,6 +76,16 @@ def check_fraction(name: str, value: float) -> float:
     return value
 
 
+def check_fractions(val_fraction: float, test_fraction: float) -> dict[str, float]:
+    """``{"val": .., "test": ..}`` of a drawn three-way split: each in (0, 1), together below 1."""
+    fractions = {"val": check_fraction("val_fraction", val_fraction),
+                 "test": check_fraction("test_fraction", test_fraction)}
+    total = fractions["val"] + fractions["test"]
+    if total >= 1.0:
+        raise AttnMelError(f"val_fraction + test_fraction must be below 1 (got {total:g})")
+    return fractions
+
+
 def _read_only(folder: Path) -> bool:
     """A folder without write permission bits. Root may write anyway; a dataset someone made read-only
     (a shared download) must not gain files, so the bits are honoured rather than ``os.access``."""
