@@ -15,6 +15,7 @@ from attnmel.losses.dice import soft_dice_loss
 from attnmel.losses.segmentation import build_segmentation_loss
 from attnmel.models.segmentation import build_segmenter
 from attnmel.train.segmentation import SegmentationModule, jaccard_per_image
+from tests.models._segmentation import fit_and_score
 
 SIZES = [(64, 64), (96, 96), (64, 96)]
 # Few proposals and RoIs: the box head dominates Mask R-CNN's cost on CPU.
@@ -371,20 +372,7 @@ def test_segmentation_module_optimiser_config():
 def test_unet_learns_synthetic_lesions():
     torch.manual_seed(0)
     x, y = lesions(80, 48, seed=0)
-    train_x, train_y, test_x, test_y = x[:64], y[:64], x[64:], y[64:]
-    model = build_segmenter("unet", {"pretrained": "none", "width": 0.25})
-    loss_fn = build_segmentation_loss({"name": "dice_bce"})
-    opt = torch.optim.Adam(model.parameters(), lr=5e-3)
-    g = torch.Generator().manual_seed(0)
-    for _ in range(6):
-        model.train()
-        for idx in torch.randperm(64, generator=g).split(8):
-            opt.zero_grad()
-            loss_fn(model(train_x[idx]), train_y[idx]).backward()
-            opt.step()
-    model.eval()
-    with torch.no_grad():
-        jaccard = jaccard_per_image(model(test_x), test_y).mean().item()
+    _, jaccard = fit_and_score(build_segmenter("unet", {"pretrained": "none", "width": 0.25}), x, y, epochs=6)
     assert jaccard >= 0.8
 
 

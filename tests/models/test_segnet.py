@@ -12,6 +12,7 @@ import torch.nn.functional as F
 from attnmel.errors import AttnMelError
 from attnmel.models.segmentation import build_segmenter
 from attnmel.models.segmentation.segnet import SegNet, max_unpool
+from tests.models._segmentation import fit_and_score
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -118,27 +119,10 @@ def _lesions(n: int, size: int, seed: int):
 
 @pytest.mark.slow
 def test_segnet_learns_synthetic_lesions():
-    from attnmel.losses.segmentation import build_segmentation_loss
-    from attnmel.train.segmentation import jaccard_per_image
-
     torch.manual_seed(0)
     x, y = _lesions(72, 32, seed=0)
     model = build_segmenter("segnet", {"pretrained": "none", "width": 0.125})
-    loss_fn = build_segmentation_loss({"name": "dice_bce"})
-    opt = torch.optim.Adam(model.parameters(), lr=5e-3)
-    g = torch.Generator().manual_seed(0)
-    model.eval()
-    with torch.no_grad():
-        before = jaccard_per_image(model(x[64:]), y[64:]).mean().item()
-    for _ in range(8):
-        model.train()
-        for idx in torch.randperm(64, generator=g).split(8):
-            opt.zero_grad()
-            loss_fn(model(x[idx]), y[idx]).backward()
-            opt.step()
-    model.eval()
-    with torch.no_grad():
-        after = jaccard_per_image(model(x[64:]), y[64:]).mean().item()
+    before, after = fit_and_score(model, x, y, epochs=8)
     assert after >= 0.7 and after > before + 0.3, (before, after)
 
 
