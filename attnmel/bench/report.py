@@ -33,6 +33,7 @@ from typing import Sequence
 
 import torch
 
+from attnmel.errors import AttnMelError
 from attnmel.io import atomic_path, write_json, write_text
 
 N_TEST = 600
@@ -216,15 +217,13 @@ def ig_convergence(model: torch.nn.Module, images: torch.Tensor, steps: Sequence
     return {"reference_steps": reference_steps, "n_images": len(images), "by_steps": out}
 
 
-def _convergence_on_run(run_dir: Path, n_images: int) -> dict:
-    """:func:`ig_convergence` on the first ``n_images`` test images of a trained run (e.g. ``runs/demo``)."""
+def _convergence_on_run(run, n_images: int) -> dict:
+    """:func:`ig_convergence` on the first ``n_images`` test images of a loaded trained run (e.g. ``runs/demo``)."""
     from attnmel.data.datamodule import AttnMelDataModule
-    from attnmel.train.rundir import load_run
 
-    run = load_run(run_dir)
     ds = AttnMelDataModule(run.cfg, progress=False).dataset("test")
     images = torch.stack([ds[i]["image"] for i in range(min(n_images, len(ds)))])
-    return {"run": str(run_dir), **ig_convergence(run.model.eval(), images)}
+    return {"run": str(run.run_dir), **ig_convergence(run.model.eval(), images)}
 
 
 def run(out_json: Path, limit: int | None = None, integrated_gradients: bool = False,
@@ -233,19 +232,23 @@ def run(out_json: Path, limit: int | None = None, integrated_gradients: bool = F
     ``ig_images``: also time Integrated Gradients over that many images and project it to 600."""
     from attnmel.data.datamodule import AttnMelDataModule
     from attnmel.report.build import build_report
+    from attnmel.train.rundir import load_run
 
-    if limit is None and os.environ.get("ATTNMEL_BENCH_REPORT_LIMIT"):
-        limit = int(os.environ["ATTNMEL_BENCH_REPORT_LIMIT"])
-    if ig_images is None and os.environ.get("ATTNMEL_BENCH_REPORT_IG"):
-        ig_images = int(os.environ["ATTNMEL_BENCH_REPORT_IG"])
+    # Every setting is read (and a bad one refused) before the minutes of work, not after them.
+    if limit is None:
+        limit = _env_int("ATTNMEL_BENCH_REPORT_LIMIT", None)
+    if ig_images is None:
+        ig_images = _env_int("ATTNMEL_BENCH_REPORT_IG", None)
+    n_ig = _env_int("ATTNMEL_BENCH_IG_IMAGES", 2)
+    conv_images = _env_int("ATTNMEL_BENCH_IG_CONVERGENCE_IMAGES", 32)
+    conv_run = os.environ.get("ATTNMEL_BENCH_IG_CONVERGENCE_RUN")
+    conv = load_run(conv_run) if conv_run else None
     cache = Path(".cache/attnmel")
     t0 = time.perf_counter()
     data_root = _dataset(cache / "bench" / f"synthetic-{IMAGE_SIZE}-n{N_TOTAL}")
     t_generate = time.perf_counter() - t0
     with tempfile.TemporaryDirectory(prefix="attnmel-bench-report-") as tmp:
         run_dir = make_untrained_run(Path(tmp) / "runs" / "untrained", data_root, cache_dir=cache)
-        from attnmel.train.rundir import load_run
-
         t0 = time.perf_counter()
         dm = AttnMelDataModule(load_run(run_dir).cfg, progress=False)
         n_split = len(dm.dataset("test"))  # builds the preprocessing cache (once per dataset, like training)
@@ -262,15 +265,28 @@ def run(out_json: Path, limit: int | None = None, integrated_gradients: bool = F
     out = _summary(metrics["report"], n_split, wall, cpu, integrated_gradients,
                    {"generate_dataset": round(t_generate, 1), "build_cache": round(t_cache, 1)},
                    ig_timings, ig_images)
-    n_ig = int(os.environ.get("ATTNMEL_BENCH_IG_IMAGES", "2"))
+    write_json(out_json, out)  # the report's figures are kept whatever the extras below do
     if n_ig > 0:
         out["integrated_gradients_speed"] = ig_speed(n_ig)
-    conv_run = os.environ.get("ATTNMEL_BENCH_IG_CONVERGENCE_RUN")
-    if conv_run:
-        out["integrated_gradients_convergence"] = _convergence_on_run(
-            Path(conv_run), int(os.environ.get("ATTNMEL_BENCH_IG_CONVERGENCE_IMAGES", "32")))
-    write_json(out_json, out)
+        write_json(out_json, out)
+    if conv is not None:
+        out["integrated_gradients_convergence"] = _convergence_on_run(conv, conv_images)
+        write_json(out_json, out)
     return out
+
+
+def _env_int(name: str, default: int | None) -> int | None:
+    """A non-negative integer setting from the environment; a bad value is a one-line error naming it."""
+    raw = os.environ.get(name, "").strip()
+    if not raw:
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        value = -1
+    if value < 0:
+        raise AttnMelError(f"{name} must be a non-negative integer, got {raw!r}")
+    return value
 
 
 def _summary(rep: dict, n_split: int, wall: float, cpu: float, integrated_gradients: bool, setup_s: dict[str, float],

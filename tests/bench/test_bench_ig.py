@@ -60,3 +60,18 @@ def test_ig_convergence_matches_gauss_legendre_by_hand():
     assert r["2"]["completeness_error_median"] == pytest.approx(0.0, abs=1e-4)
     for n in ("1", "2"):  # |3/4 x^3| ranks pixels as |x^3| does
         assert r[n]["spearman"] == pytest.approx(1.0) and r[n]["jaccard_binarised"] == pytest.approx(1.0)
+
+
+@pytest.mark.parametrize("env", [{"ATTNMEL_BENCH_IG_IMAGES": "two"}, {"ATTNMEL_BENCH_REPORT_LIMIT": "-3"},
+                                 {"ATTNMEL_BENCH_IG_CONVERGENCE_RUN": "no/such/run"}])
+def test_report_bench_refuses_a_bad_setting_before_any_work(env, tmp_path, monkeypatch):
+    from attnmel.bench import report
+    from attnmel.errors import AttnMelError
+
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.setattr(report, "_dataset", lambda root: pytest.fail("the bench started work"))
+    name, value = next(iter(env.items()))
+    with pytest.raises(AttnMelError, match=f"{name}|{value}") as err:
+        report.run(tmp_path / "report.json")
+    assert "\n" not in str(err.value) and not (tmp_path / "report.json").exists()
