@@ -54,7 +54,7 @@ def read(root: str | Path, split: str, num_classes: int = 2, val_fraction: float
     for d in dict.fromkeys(image_dirs):  # one folder can match two names case-insensitively
         list_images(d, into=images)
 
-    # Drawn by lesion, stratified by the lesion's class (its images' classes agree in HAM10000).
+    # Drawn by lesion, stratified by the lesion's highest class (a lesion's images agree on it in HAM10000).
     assignment = grouped_split(root, "attnmel_splits", "lesion_id", lesion, dx, fractions, int(seed), meta,
                                cache_dir)
     ids = [k for k in dx if assignment[k] == split]
