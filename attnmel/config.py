@@ -283,6 +283,29 @@ def _pos_weight(v: Any) -> Any:
     raise ValueError("a positive number, a list of them, or a mapping of output name to weight")
 
 
+def _none(v: Any) -> Any:
+    if v is not None:
+        raise ValueError("null")
+    return v
+
+
+def _fraction_below_1(v: Any) -> Any:
+    v = _num(0.0)(v)
+    if v >= 1:
+        raise ValueError("a number >= 0 and < 1")
+    return v
+
+
+def _crop_scale(v: Any) -> Any:
+    what = "null or [lo, hi] with 0 < lo <= hi <= 1"
+    if v is None:
+        return v
+    v = _list(_num(0.0, 1.0, lo_open=True), what, 2)(v)
+    if v[0] > v[1]:
+        raise ValueError(what)
+    return v
+
+
 _NONNEG = _num(0.0)
 CHECKS: dict[str, Check] = {
     "name": _str(none=True), "out_dir": _str(), "seed": _int(0), "task": _str(("classification", "segmentation")),
@@ -293,6 +316,10 @@ CHECKS: dict[str, Check] = {
     "data.oversample": _oversample, "data.epoch_repeats": _int(1), "data.batch_size": _int(1),
     "data.eval_batch_size": _int(1), "data.num_workers": _int(0), "data.cache": _bool, "data.cache_dir": _str(),
     "data.val_fraction": _num(0.0, 1.0, lo_open=True), "data.masks": _path_or_null,
+    "data.holdout": _either(_none, _num(0.0, 0.9, lo_open=True), what="a fraction in (0, 0.9] or null"),
+    "data.color_constancy": _str(("shades_of_gray",), none=True),
+    "data.crop_scale": _crop_scale, "data.rotation": _num(0.0, 180.0), "data.color_jitter": _fraction_below_1,
+    "data.tta": _bool,
     "data.crop_to_mask": _str(("crop", "masked"), none=True), "data.crop_margin": _NONNEG,
     "data.synthetic.n": _int(10), "data.synthetic.size": _int(32), "data.synthetic.spurious": _bool,
     "data.synthetic.seed": _int(0), "data.split_file": _path_or_null,
@@ -309,9 +336,11 @@ CHECKS: dict[str, Check] = {
     "model.name": _str(), "model.pretrained": _str(), "model.attention": _str(("sigmoid", "softmax")),
     "model.attention_layers": _list(_str(), "a list of layer names"), "model.width": _num(0.0, lo_open=True),
     "model.svm": _bool,
-    "loss.name": _str(), "loss.gamma": _NONNEG, "loss.pos_weight": _pos_weight, "loss.regulariser": _str(none=True),
+    "loss.name": _str(), "loss.gamma": _NONNEG, "loss.label_smoothing": _fraction_below_1,
+    "loss.pos_weight": _pos_weight, "loss.regulariser": _str(none=True),
     "optim.name": _str(), "optim.lr": _num(0.0, lo_open=True), "optim.momentum": _num(0.0, 1.0),
     "optim.nesterov": _bool, "optim.weight_decay": _NONNEG, "optim.step_size": _int(1),
+    "optim.schedule": _str(("step", "cosine")), "optim.warmup_epochs": _int(0),
     "optim.gamma": _num(0.0, lo_open=True),
     "trainer.max_epochs": _int(1), "trainer.accelerator": _str(), "trainer.devices": _devices,
     "trainer.num_nodes": _int(1), "trainer.strategy": _str(), "trainer.precision": _str(PRECISIONS),

@@ -21,7 +21,7 @@ def test_every_shipped_experiment_config_loads():
 def test_paper_recipe_in_isic2017_config():
     cfg = config_mod.load_config(EXPERIMENTS / "isic2017.yaml")
     assert cfg["optim"] == {"name": "sgd", "lr": 0.01, "momentum": 0.9, "nesterov": True, "weight_decay": 0.0001,
-                            "step_size": 10, "gamma": 0.1}
+                            "schedule": "step", "warmup_epochs": 0, "step_size": 10, "gamma": 0.1}
     assert cfg["data"]["epoch_repeats"] == 2 and cfg["data"]["oversample"] == 4
     assert cfg["loss"]["name"] == "focal" and cfg["loss"]["gamma"] == 2.0
     assert config_mod.load_config(EXPERIMENTS / "isic2016.yaml")["data"]["epoch_repeats"] == 5
@@ -101,3 +101,22 @@ def test_atomic_writes_get_ordinary_permissions(tmp_path):
     umask = os.umask(0)
     os.umask(umask)
     assert mode == 0o666 & ~umask
+
+
+def test_cpu_recipe_for_real_isic2017_and_its_new_keys():
+    cfg = config_mod.load_config(EXPERIMENTS / "isic2017_cpu.yaml")
+    d = cfg["data"]
+    assert cfg["model"]["pretrained"] == "none" and cfg["model"]["name"] == "attnmel"
+    assert d["color_constancy"] == "shades_of_gray" and d["holdout"] == 0.15 and d["tta"] is True
+    assert cfg["optim"]["schedule"] == "cosine"
+    for bad, key in [("data.holdout=0", "data.holdout"), ("data.holdout=0.95", "data.holdout"),
+                     ("data.crop_scale=[0.5]", "data.crop_scale"), ("data.crop_scale=[0.9,0.5]", "data.crop_scale"),
+                     ("data.rotation=200", "data.rotation"), ("data.color_jitter=1.0", "data.color_jitter"),
+                     ("data.color_constancy=grey_world", "data.color_constancy"), ("data.tta=1", "data.tta"),
+                     ("loss.label_smoothing=-0.1", "loss.label_smoothing"), ("optim.schedule=poly", "optim.schedule"),
+                     ("optim.warmup_epochs=-1", "optim.warmup_epochs")]:
+        with pytest.raises(AttnMelError, match=key.replace(".", r"\.")) as e:
+            config_mod.load_config(None, [bad])
+        assert "\n" not in str(e.value)
+    ok = config_mod.load_config(None, ["data.holdout=null", "data.crop_scale=[0.2,1]", "data.color_constancy=null"])
+    assert ok["data"]["holdout"] is None and ok["data"]["crop_scale"] == [0.2, 1]

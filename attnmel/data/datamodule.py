@@ -40,7 +40,7 @@ from attnmel.data.cache import (
     unpack_attributes,
 )
 from attnmel.data.samples import DatasetIndex
-from attnmel.data.transforms import BaseSpec, EvalTransform, TrainTransform, normalization_from_cfg
+from attnmel.data.transforms import Augment, BaseSpec, EvalTransform, TrainTransform, normalization_from_cfg
 from attnmel.errors import AttnMelError, file_error
 from attnmel.losses.regularisers import needs_masks
 
@@ -279,6 +279,7 @@ class AttnMelDataModule(pl.LightningDataModule):
         # Segmentation on an attribute dataset learns the five Task 2 masks, not the lesion mask.
         self.attribute_target = self.segmentation and self.dataset_name in ATTRIBUTE_DATASETS
         self.spec = BaseSpec.from_cfg(self.data_cfg)
+        self.augment = Augment.from_cfg(self.data_cfg)
         self.mean, self.std = normalization_from_cfg(self.data_cfg)
         self.image_size = int(self.data_cfg["image_size"])
         self.masks_dir = Path(self.data_cfg["masks"]) if self.data_cfg.get("masks") else None
@@ -321,17 +322,38 @@ class AttnMelDataModule(pl.LightningDataModule):
             raise AttnMelError(f"unknown split '{split}' (known: {', '.join(known)})")
         if split not in self._indexes:
             self._ensure_synthetic()
-            from attnmel.data.readers import read_split
-
-            # The reader's own `seed` (of a drawn validation split) is left at its default on purpose: the
-            # split is shared by every run, whatever the run's seed.
-            self._indexes[split] = read_split(self.dataset_name, self.root, split,
-                                              num_classes=int(self.data_cfg["num_classes"]),
-                                              val_fraction=float(self.data_cfg.get("val_fraction", 0.2)),
-                                              cache_dir=self.data_cfg.get("cache_dir") or ".cache/attnmel",
-                                              labels_optional=self.segmentation,
-                                              split_file=self.data_cfg.get("split_file"))
+            holdout = self.data_cfg.get("holdout")
+            if holdout and split in ("train", "val"):
+                self._read_with_holdout(float(holdout))
+            else:
+                self._indexes[split] = self._read(split)
         return self._indexes[split]
+
+    def _read(self, split: str) -> DatasetIndex:
+        from attnmel.data.readers import read_split
+
+        # The reader's own `seed` (of a drawn validation split) is left at its default on purpose: the
+        # split is shared by every run, whatever the run's seed.
+        return read_split(self.dataset_name, self.root, split, num_classes=int(self.data_cfg["num_classes"]),
+                          val_fraction=float(self.data_cfg.get("val_fraction", 0.2)),
+                          cache_dir=self.data_cfg.get("cache_dir") or ".cache/attnmel",
+                          labels_optional=self.segmentation, split_file=self.data_cfg.get("split_file"))
+
+    def _read_with_holdout(self, fraction: float) -> None:
+        """``data.holdout``: a stratified share of the training images moves to validation, beside the
+        dataset's own validation images (model selection on more, and more test-like, images than a small
+        official validation split). The draw is kept in the cache folder, never in the dataset folder."""
+        from attnmel.data.readers.splits import holdout_split
+
+        train, val = self._read("train"), self._read("val")
+        moved = holdout_split(self.root, self.dataset_name, train, fraction,
+                              self.data_cfg.get("cache_dir") or ".cache/attnmel")
+        self._indexes["train"] = DatasetIndex(train.dataset, "train",
+                                              [s for s in train.samples if s.image_id not in moved],
+                                              train.class_names, train.skipped)
+        self._indexes["val"] = DatasetIndex(val.dataset, "val",
+                                            val.samples + [s for s in train.samples if s.image_id in moved],
+                                            val.class_names, val.skipped)
 
     @property
     def class_names(self) -> list[str]:
@@ -395,7 +417,8 @@ class AttnMelDataModule(pl.LightningDataModule):
             factors = _oversample_factors(self.data_cfg.get("oversample", 1), index.class_names)
             rows = oversample_rows(index.labels(), index.melanoma_index, factors,
                                    self.data_cfg.get("epoch_repeats", 1))
-            transform: TrainTransform | EvalTransform = TrainTransform(self.image_size, self.mean, self.std)
+            transform: TrainTransform | EvalTransform = TrainTransform(self.image_size, self.mean, self.std,
+                                                                       self.augment)
         else:
             rows = None
             transform = EvalTransform(self.image_size, self.mean, self.std)

@@ -45,6 +45,22 @@ NORMALIZATION: dict[str, tuple[Triple, Triple]] = {
 }
 
 CROP_TO_MASK_MODES = (None, "crop", "masked")
+COLOR_CONSTANCY = (None, "shades_of_gray")
+SHADES_OF_GRAY_POWER = 6  # Finlayson & Trezzi's Minkowski norm; p = 6 is the usual choice on ISIC (Barata et al.)
+
+
+def shades_of_gray(image: np.ndarray, power: float = SHADES_OF_GRAY_POWER) -> np.ndarray:
+    """Shades of Gray colour constancy on a uint8 (h, w, 3) image: each channel divided by its Minkowski
+    ``power``-norm mean (the illuminant estimate), rescaled so the three estimates become equal (grey light)
+    at the image's mean estimate; returns uint8. Dermoscopes differ in light and white balance; this removes
+    most of that cast, deterministically, so train, eval and predict see the same correction."""
+    x = np.asarray(image, dtype=np.float32)
+    illum = np.power(np.mean(np.power(x, power), axis=(0, 1)), 1.0 / power)  # (3,)
+    norm = float(np.sqrt(np.sum(illum ** 2)))
+    if norm <= 0 or not np.all(illum > 0):
+        return np.asarray(image, dtype=np.uint8).copy()  # an all-black channel: nothing to correct
+    gain = (norm / np.sqrt(3.0)) / illum  # equal estimates of the same length as before
+    return np.clip(x * gain + 0.5, 0, 255).astype(np.uint8)
 
 
 def _triple(value: object, key: str, positive: bool) -> Triple:
@@ -88,8 +104,12 @@ class BaseSpec:
     center_crop: float | None = 0.8  # None: the whole image, resized to a square (aspect not kept)
     crop_to_mask: str | None = None  # None | "crop" | "masked"
     crop_margin: float = 0.1
+    color_constancy: str | None = None  # None | "shades_of_gray" (on the resized image)
 
     def __post_init__(self) -> None:
+        if self.color_constancy not in COLOR_CONSTANCY:
+            raise AttnMelError(f"config: data.color_constancy must be null or shades_of_gray, "
+                               f"got {self.color_constancy!r}")
         if self.crop_to_mask not in CROP_TO_MASK_MODES:
             raise AttnMelError(f"config: data.crop_to_mask must be null, crop or masked, got {self.crop_to_mask!r}")
         if self.center_crop is not None and not 0 < self.center_crop <= 1:
@@ -106,12 +126,19 @@ class BaseSpec:
         if isinstance(mode, str) and mode.lower() in ("none", "null", ""):
             mode = None
         crop = cfg_data.get("center_crop", 0.8)
+        cc = cfg_data.get("color_constancy")
+        if isinstance(cc, str) and cc.lower() in ("none", "null", ""):
+            cc = None
         return cls(resize=int(cfg_data.get("resize", 256)), center_crop=None if crop is None else float(crop),
-                   crop_to_mask=mode, crop_margin=float(cfg_data.get("crop_margin", 0.1) or 0.0))
+                   crop_to_mask=mode, crop_margin=float(cfg_data.get("crop_margin", 0.1) or 0.0),
+                   color_constancy=cc)
 
     def as_dict(self) -> dict:
-        return {"resize": self.resize, "center_crop": self.center_crop, "crop_to_mask": self.crop_to_mask,
-                "crop_margin": self.crop_margin}
+        out = {"resize": self.resize, "center_crop": self.center_crop, "crop_to_mask": self.crop_to_mask,
+               "crop_margin": self.crop_margin}
+        if self.color_constancy:  # only when set, so the caches built before this option keep their keys
+            out["color_constancy"] = self.color_constancy
+        return out
 
 
 Box = tuple[float, float, float, float]  # (x0, y0, x1, y1) in pixels of the full-resolution image
@@ -242,6 +269,8 @@ def base_preprocess(image: np.ndarray, full_size: tuple[int, int], spec: BaseSpe
     box = crop_box(W, H, spec, crop_mask)
     R = spec.resize
     img = _crop_resize(image, box, (W, H), R, nearest=False)
+    if spec.color_constancy == "shades_of_gray":
+        img = shades_of_gray(img)
 
     out_mask, out_dermo = _resize_mask(mask, box, (W, H), R), _resize_mask(dermo, box, (W, H), R)
     if spec.crop_to_mask == "masked":
@@ -304,45 +333,123 @@ def _finish(img: torch.Tensor, masks: Mapping[str, torch.Tensor], mean: Triple, 
     return out
 
 
+@dataclass(frozen=True)
+class Augment:
+    """The optional stronger augmentation of :class:`TrainTransform` (all off by default: the paper's recipe).
+
+    ``crop_scale``: (lo, hi) share of the base image's area a random-resized crop keeps (aspect 3/4..4/3),
+    resized to ``image_size``; None: a plain random ``image_size`` crop. ``rotation``: a further rotation by a
+    uniform angle in [-rotation, rotation] degrees (after the rot90). ``color_jitter``: brightness, contrast
+    and saturation each scaled by a uniform factor in [1 - j, 1 + j] (the image only, never the masks).
+    """
+
+    crop_scale: tuple[float, float] | None = None
+    rotation: float = 0.0
+    color_jitter: float = 0.0
+
+    def __post_init__(self) -> None:
+        if self.crop_scale is not None:
+            lo, hi = self.crop_scale
+            if not 0 < lo <= hi <= 1:
+                raise AttnMelError(f"config: data.crop_scale must be [lo, hi] with 0 < lo <= hi <= 1, "
+                                   f"got {list(self.crop_scale)!r}")
+        if not 0 <= self.rotation <= 180:
+            raise AttnMelError(f"config: data.rotation must be in [0, 180] degrees, got {self.rotation!r}")
+        if not 0 <= self.color_jitter < 1:
+            raise AttnMelError(f"config: data.color_jitter must be in [0, 1), got {self.color_jitter!r}")
+
+    @classmethod
+    def from_cfg(cls, cfg_data: Mapping) -> Augment:
+        """The augmentation of a config's ``data`` section."""
+        scale = cfg_data.get("crop_scale")
+        return cls(crop_scale=None if scale is None else (float(scale[0]), float(scale[1])),
+                   rotation=float(cfg_data.get("rotation") or 0.0),
+                   color_jitter=float(cfg_data.get("color_jitter") or 0.0))
+
+
+def _resized_crop_box(height: int, width: int, scale: tuple[float, float], u: list[float]) -> tuple[int, int, int, int]:
+    """(top, left, h, w) of a random-resized crop from uniforms ``u`` (4 values in [0, 1)); torchvision's
+    RandomResizedCrop rule in one draw (no retry loop): the box is clipped to the image instead."""
+    area = height * width * (scale[0] + (scale[1] - scale[0]) * u[0])
+    log_r = math.log(3 / 4) + (math.log(4 / 3) - math.log(3 / 4)) * u[1]
+    aspect = math.exp(log_r)
+    w = int(round(math.sqrt(area * aspect)))
+    h = int(round(math.sqrt(area / aspect)))
+    w, h = max(1, min(w, width)), max(1, min(h, height))
+    return int(u[2] * (height - h + 1)), int(u[3] * (width - w + 1)), h, w
+
+
 class TrainTransform:
     """Random ``size`` crop -> rot90 x k -> random h/v flips -> float + normalise, jointly on image and masks.
 
-    Call with the base image (uint8 (R, R, 3) array or (3, R, R) tensor) and a mapping of masks
-    (``{"mask": (R, R), "dermo": (R, R)}``, None values skipped); returns ``{"image": float (3, S, S),
-    "mask": float (1, S, S), ...}``. Random draws come from ``generator`` (torch's global RNG when None,
-    which DataLoader workers seed per worker).
+    With an :class:`Augment`: a random-resized crop instead of the plain crop, a free rotation after the
+    flips (zeros filled in; masks nearest) and colour jitter on the image. Call with the base image (uint8
+    (R, R, 3) array or (3, R, R) tensor) and a mapping of masks (``{"mask": (R, R), "dermo": (R, R)}``, None
+    values skipped); returns ``{"image": float (3, S, S), "mask": float (1, S, S), ...}``. Random draws come
+    from ``generator`` (torch's global RNG when None, which DataLoader workers seed per worker).
     """
 
-    def __init__(self, size: int, mean: Sequence[float] = IMAGENET_MEAN, std: Sequence[float] = IMAGENET_STD) -> None:
+    def __init__(self, size: int, mean: Sequence[float] = IMAGENET_MEAN, std: Sequence[float] = IMAGENET_STD,
+                 augment: Augment | None = None) -> None:
         self.size = int(size)
         self.mean, self.std = tuple(mean), tuple(std)
+        self.augment = augment or Augment()
 
-    def params(self, height: int, width: int, generator: torch.Generator | None = None) -> dict[str, int | bool]:
+    def params(self, height: int, width: int, generator: torch.Generator | None = None) -> dict:
         """Draw one set of augmentation parameters for an input of ``height`` x ``width``."""
         S = self.size
         if height < S or width < S:
             raise AttnMelError(f"data.image_size {S} is larger than the preprocessed image ({width}x{height})")
         r = torch.randint(0, 1 << 30, (5,), generator=generator).tolist()
-        return {"top": r[0] % (height - S + 1), "left": r[1] % (width - S + 1), "k": r[2] % 4,
-                "hflip": bool(r[3] & 1), "vflip": bool(r[4] & 1)}
+        p: dict = {"top": r[0] % (height - S + 1), "left": r[1] % (width - S + 1), "k": r[2] % 4,
+                   "hflip": bool(r[3] & 1), "vflip": bool(r[4] & 1)}
+        a = self.augment
+        if a.crop_scale is None and not a.rotation and not a.color_jitter:
+            return p  # the paper's draws, unchanged
+        u = torch.rand(8, generator=generator).tolist()
+        if a.crop_scale is not None:
+            p["box"] = _resized_crop_box(height, width, a.crop_scale, u[:4])
+        if a.rotation:
+            p["angle"] = (2 * u[4] - 1) * a.rotation
+        if a.color_jitter:
+            j = a.color_jitter
+            p["jitter"] = tuple(1 + (2 * v - 1) * j for v in u[5:8])  # brightness, contrast, saturation
+        return p
 
     @staticmethod
     def apply(x: torch.Tensor, p: Mapping, size: int) -> torch.Tensor:
-        """The geometric part with fixed parameters ``p``, on one tv_tensor (Image or Mask)."""
-        x = F.crop(x, p["top"], p["left"], size, size)
+        """The geometric part with fixed parameters ``p``, on one tv_tensor (Image or Mask; a Mask is resized
+        and rotated nearest-neighbour by torchvision's dispatch)."""
+        if "box" in p:
+            top, left, h, w = p["box"]
+            x = F.resized_crop(x, top, left, h, w, [size, size], antialias=True)
+        else:
+            x = F.crop(x, p["top"], p["left"], size, size)
         if p["k"]:
             x = tv_tensors.wrap(torch.rot90(x, p["k"], dims=(-2, -1)), like=x)
         if p["hflip"]:
             x = F.horizontal_flip(x)
         if p["vflip"]:
             x = F.vertical_flip(x)
+        if p.get("angle"):
+            x = F.rotate(x, float(p["angle"]))
         return x
+
+    @staticmethod
+    def jitter(img: torch.Tensor, p: Mapping) -> torch.Tensor:
+        """Colour jitter of a uint8 image with the drawn factors (no-op without them)."""
+        if "jitter" not in p:
+            return img
+        b, c, s = p["jitter"]
+        img = F.adjust_brightness(img, b)
+        img = F.adjust_contrast(img, c)
+        return F.adjust_saturation(img, s)
 
     def __call__(self, image: np.ndarray | torch.Tensor, masks: Mapping[str, np.ndarray | None] | None = None,
                  generator: torch.Generator | None = None) -> dict[str, torch.Tensor]:
         img, ms = _to_tv(image, masks or {})
         p = self.params(img.shape[-2], img.shape[-1], generator)
-        img = self.apply(img, p, self.size)
+        img = self.jitter(self.apply(img, p, self.size), p)
         ms = {k: self.apply(m, p, self.size) for k, m in ms.items()}
         return _finish(img, ms, self.mean, self.std)
 

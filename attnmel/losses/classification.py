@@ -34,10 +34,20 @@ class FocalLoss(nn.Module):
 
 
 class CrossEntropyLoss(nn.Module):
-    """Mean cross-entropy on logits (computed in float32)."""
+    """Mean cross-entropy on logits (computed in float32); ``label_smoothing`` as in torch (the target mixes
+    ``1 - eps`` on the true class with ``eps`` spread over all classes)."""
+
+    def __init__(self, label_smoothing: float = 0.0) -> None:
+        super().__init__()
+        if isinstance(label_smoothing, bool) or not 0.0 <= float(label_smoothing) < 1.0:
+            raise AttnMelError(f"loss.label_smoothing must be in [0, 1), got {label_smoothing!r}")
+        self.label_smoothing = float(label_smoothing)
 
     def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        return F.cross_entropy(logits.float(), target.long())
+        return F.cross_entropy(logits.float(), target.long(), label_smoothing=self.label_smoothing)
+
+    def extra_repr(self) -> str:
+        return f"label_smoothing={self.label_smoothing}"
 
 
 @LOSSES.register("focal", task="classification")
@@ -47,7 +57,7 @@ def _focal(loss_cfg: dict[str, Any]) -> nn.Module:
 
 @LOSSES.register("ce", task="classification")
 def _ce(loss_cfg: dict[str, Any]) -> nn.Module:
-    return CrossEntropyLoss()
+    return CrossEntropyLoss(float(loss_cfg.get("label_smoothing") or 0.0))
 
 
 def build_classification_loss(loss_cfg: dict[str, Any]) -> nn.Module:

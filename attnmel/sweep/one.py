@@ -76,12 +76,30 @@ def _evaluate(run_dir: Path) -> None:
     evaluate_tests(run_dir)
 
 
+def attention_split(run_dir: Path) -> str:
+    """The split whose lesion masks score the attention maps: ``test`` when every test image has a mask, else
+    ``val`` when every validation image has one (ISIC 2017: the test masks are not public, so the paper's
+    Jaccard protocol runs on validation), else ``test`` (the report then says why there is no score)."""
+    from attnmel.data.datamodule import AttnMelDataModule
+    from attnmel.train.rundir import read_config
+
+    dm = AttnMelDataModule(read_config(run_dir), progress=False)
+    for split in ("test", "val"):
+        try:
+            if dm.index(split).has_masks:
+                return split
+        except AttnMelError:
+            continue
+    return "test"
+
+
 def _score_attention(run_dir: Path) -> None:
-    """Write the ``attention`` section of ``metrics.json`` (or ``attention_skipped`` with the reason)."""
+    """Write the ``attention`` section of ``metrics.json`` (or ``attention_skipped`` with the reason), on the
+    split :func:`attention_split` names (the section's ``split`` says which)."""
     from attnmel.report.build import build_report
 
     try:
-        build_report(run_dir, split="test")
+        build_report(run_dir, split=attention_split(run_dir))
     except AttnMelError as e:
         # Data without lesion masks cannot be scored; remember why so a resumed sweep does not retry.
         if "mask" in str(e).lower():

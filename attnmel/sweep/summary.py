@@ -191,7 +191,27 @@ def summarise_arm(records: Sequence[RunRecord]) -> dict[str, Any]:
             mean, std, n = stats.mean_std([m.get(key) for m in sec])
             splits[split][key] = {"mean": mean, "std": std, "n": n}
     return {"classification": cls, "attention": att, "splits": splits, "seeds_done": [r.seed for r in done],
-            "seeds_missing": [r.seed for r in records if not r.ok]}
+            "seeds_missing": [r.seed for r in records if not r.ok],
+            "attention_splits": sorted({sp for r in done if (sp := attention_split_of(r.metrics))})}
+
+
+def attention_split_of(metrics: dict[str, Any]) -> str | None:
+    """The split a run's attention maps were scored on (``split`` of its ``attention`` section, when scored)."""
+    att = metrics.get("attention")
+    if isinstance(att, dict) and att.get("available", True) and att.get("mean"):
+        return str(att.get("split") or "test")
+    return None
+
+
+def attention_split_note(summary: dict[str, Any]) -> str:
+    """Which split Table 3's Jaccard comes from, e.g. ``on the validation split (the test split has no lesion
+    masks)``; empty when every run was scored on test."""
+    found = sorted({sp for a in summary["arms"] for sp in a.get("attention_splits", [])})
+    if not found or found == ["test"]:
+        return ""
+    names = " and ".join(_split_label(sp) for sp in found)
+    why = " (the test split has no lesion masks)" if "test" not in found else ""
+    return f", on the {names} split{'s' if len(found) > 1 else ''}{why}"
 
 
 def _delong_on_split(pairs: Sequence[tuple[RunRecord, RunRecord]], split: str,
@@ -376,7 +396,8 @@ def tables(summary: dict[str, Any]) -> dict[str, dict[str, Any]]:
     out = {
         "table2": {"title": "Table 2: classification on the test set (mean ± std over seeds)",
                    "header": t2_header, "rows": t2},
-        "table3": {"title": "Table 3: attention Jaccard against the lesion masks (mean ± std over seeds)",
+        "table3": {"title": "Table 3: attention Jaccard against the lesion masks"
+                            f"{attention_split_note(summary)} (mean ± std over seeds)",
                    "header": t3_header, "rows": t3},
         "attention": {"title": "Attention quality, all scores (mean ± std over seeds)",
                       "header": other_header, "rows": other},
@@ -410,7 +431,8 @@ def conditions_table(summary: dict[str, Any]) -> dict[str, Any]:
         cells += ["baseline" if a["name"] == base else
                   fmt_test(t.get("auc") if s == "test" else (t.get("auc_splits") or {}).get(s)) for s in tested]
         rows.append(cells)
-    return {"title": "Test conditions: AUC per split, DeLong against the baseline (mean ± std over seeds)",
+    return {"title": "Test conditions: AUC per split, DeLong against the baseline (mean ± std over seeds; "
+                     f"Jaccard{attention_split_note(summary) or ' on test'})",
             "header": header, "rows": rows}
 
 

@@ -104,7 +104,7 @@ class ClassificationModule(pl.LightningModule):
 
     # -- optimiser ----------------------------------------------------------------------------
     def configure_optimizers(self):
-        return configure_optimisers(self, self.cfg["optim"])
+        return configure_optimisers(self, self.cfg["optim"], int(self.cfg["trainer"]["max_epochs"]))
 
     # -- checkpoint: plain data only ------------------------------------------------------------
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:

@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from torch import nn
+from torch import Tensor, nn
 
 from attnmel import config as config_mod
 from attnmel.errors import AttnMelError, file_error
@@ -397,18 +397,41 @@ def ensure_predicted_masks(seg_run_dir: str | Path, dataset: str, root: str | Pa
 
 
 # -- evaluation ---------------------------------------------------------------------------------
+def dihedral_views(x: Tensor) -> list[Tensor]:
+    """The 8 rotations/flips of a (B, C, H, W) batch (rot90 x k, each with and without a horizontal flip):
+    the symmetries the training transform draws from, so test-time augmentation averages over them."""
+    out = []
+    for k in range(4):
+        r = torch.rot90(x, k, dims=(-2, -1))
+        out += [r, torch.flip(r, dims=(-1,))]
+    return out
+
+
+def _softmax_tta(model: nn.Module, x: Tensor, tta: bool) -> tuple[Tensor, Any]:
+    """Softmax probabilities of ``x`` (the mean over :func:`dihedral_views` with ``tta``) and the plain
+    view's model output (for its features)."""
+    out = model(x)
+    probs = torch.softmax(out.logits.float(), dim=1)
+    if tta:
+        for view in dihedral_views(x)[1:]:
+            probs = probs + torch.softmax(model(view).logits.float(), dim=1)
+        probs = probs / 8.0
+    return probs, out
+
+
 @torch.inference_mode()
-def predict_probs(model: nn.Module, loader, device: str = "cpu", with_features: bool = False):
+def predict_probs(model: nn.Module, loader, device: str = "cpu", with_features: bool = False, tta: bool = False):
     """Image ids, class probabilities (N, K) and labels (N,) over a DataLoader, batched, no gradients;
-    ``with_features`` adds the penultimate features (N, D) as a fourth value."""
+    ``with_features`` adds the penultimate features (N, D) as a fourth value; ``tta`` averages the
+    probabilities over the 8 :func:`dihedral_views` (``data.tta``)."""
     model.to(device).eval()
     ids: list[str] = []
     probs: list[np.ndarray] = []
     labels: list[np.ndarray] = []
     feats: list[np.ndarray] = []
     for batch in loader:
-        out = model(batch["image"].to(device))
-        probs.append(torch.softmax(out.logits.float(), dim=1).cpu().numpy())
+        p, out = _softmax_tta(model, batch["image"].to(device), tta)
+        probs.append(p.cpu().numpy())
         labels.append(batch["label"].cpu().numpy())
         if with_features:
             feats.append(out.features.float().cpu().numpy())
@@ -440,7 +463,8 @@ def evaluate(run_dir: str | Path, split: str = "test") -> dict:
     dm = AttnMelDataModule(resolve_mask_source(run.cfg))
     loader = dm.eval_dataloader(split)
     use_svm = bool(run.cfg["model"].get("svm"))
-    ids, probs, labels, *feats = predict_probs(run.model, loader, with_features=use_svm)
+    ids, probs, labels, *feats = predict_probs(run.model, loader, with_features=use_svm,
+                                               tta=bool(run.cfg["data"].get("tta")))
     if not ids:
         raise AttnMelError(f"{run.cfg['data']['root']}: split '{split}' has no images")
     extra: dict = {}

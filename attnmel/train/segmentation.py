@@ -151,7 +151,7 @@ class SegmentationModule(pl.LightningModule):
 
     # -- optimiser ----------------------------------------------------------------------------
     def configure_optimizers(self):
-        return configure_optimisers(self, self.cfg["optim"])
+        return configure_optimisers(self, self.cfg["optim"], int(self.cfg["trainer"]["max_epochs"]))
 
     # -- checkpoint: plain data only (attnmel.train.rundir.load_run reads this section) -------------
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:

@@ -244,3 +244,23 @@ def test_oversampling_per_class_mapping():
     assert sorted(rows) == sorted([0, 1, 2, 3, 3, 3, 4, 4] * 2)
     with pytest.raises(AttnMelError, match="unknown class"):
         _oversample_factors({"melanomaa": 3}, names)
+
+
+def test_holdout_moves_a_stratified_share_of_train_to_val_kept_in_the_cache(make_isic2017_tree, tmp_path):
+    root = make_isic2017_tree(counts={"train": (20, 10, 6), "val": (2, 1, 1), "test": (1, 1, 1)})
+    before = set(root.rglob("*"))
+    cfg = defaults()
+    cfg["data"].update(dataset="isic2017", root=str(root), cache_dir=str(tmp_path / "cache"), holdout=0.2,
+                       resize=32, image_size=32, num_workers=0, num_classes=3)
+    dm = AttnMelDataModule(cfg, progress=False)
+    train, val = dm.index("train"), dm.index("val")
+    labels = [s.label for s in val.samples[4:]]
+    # round(n * 0.2) of each class, by hand: nevus 4, melanoma 2, SK 1; the official 4 stay first
+    assert [s.image_id for s in val.samples[:4]] == [f"ISIC_{i:07d}" for i in range(36, 40)]
+    assert (labels.count(0), labels.count(1), labels.count(2)) == (4, 2, 1)
+    assert len(train.samples) == 36 - 7 and not {s.image_id for s in train.samples} & {s.image_id for s in val.samples}
+    assert set(root.rglob("*")) == before  # never written into the dataset folder, even a writable one
+    files = list((tmp_path / "cache" / "splits").rglob("isic2017_holdout_fraction0.2_seed0.csv"))
+    assert len(files) == 1
+    again = AttnMelDataModule(cfg, progress=False).index("val")
+    assert [s.image_id for s in again.samples] == [s.image_id for s in val.samples]  # read back, not redrawn

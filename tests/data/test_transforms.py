@@ -230,3 +230,82 @@ def test_whole_image_mode_keeps_every_pixel_of_a_non_square_image():
     assert (img[7:] < 10).all() and (img[:, 7:] < 10).all()  # beyond the bilinear edge pixel: background
     with pytest.raises(AttnMelError, match="center_crop must be in"):
         BaseSpec.from_cfg({"resize": 32, "center_crop": 1.5})
+
+
+# -- colour constancy and the stronger augmentation (issue 17) ------------------------------------------------
+
+
+def test_shades_of_gray_removes_a_colour_cast_computed_by_hand():
+    from attnmel.data.transforms import shades_of_gray
+
+    rng = np.random.default_rng(0)
+    grey = rng.integers(20, 200, size=(16, 16, 1)).astype(np.float64)
+    cast = np.array([1.2, 0.9, 0.6])
+    img = np.clip(grey * cast, 0, 255).round().astype(np.uint8)
+    out = shades_of_gray(img, power=6).astype(np.float64)
+    # By hand: the illuminant of channel c is the 6-norm mean of that channel; each channel is scaled to the
+    # common length |e| / sqrt(3), so a cast that is a per-channel gain disappears (up to uint8 rounding).
+    x = img.astype(np.float64)
+    e = np.mean(x ** 6, axis=(0, 1)) ** (1 / 6)
+    ref = np.clip(x * (np.linalg.norm(e) / np.sqrt(3)) / e + 0.5, 0, 255).astype(np.uint8)
+    assert np.array_equal(out.astype(np.uint8), ref)
+    assert np.abs(out[..., 0] - out[..., 2]).max() <= 3  # the cast is gone: R and B agree again
+    assert np.abs(img[..., 0].astype(int) - img[..., 2]).max() > 40  # it was there before
+
+
+def test_shades_of_gray_in_the_base_step_and_the_cache_key():
+    from attnmel.data.transforms import shades_of_gray
+
+    img, mask = lesion_image(40)
+    plain = BaseSpec(resize=32, center_crop=None)
+    sog = BaseSpec(resize=32, center_crop=None, color_constancy="shades_of_gray")
+    a, ma, _ = base_preprocess(img, (40, 40), plain, mask=mask)
+    b, mb, _ = base_preprocess(img, (40, 40), sog, mask=mask)
+    assert np.array_equal(b, shades_of_gray(a)) and np.array_equal(ma, mb)  # the image only, after the resize
+    assert "color_constancy" not in plain.as_dict()  # caches built before the option keep their key
+    assert sog.as_dict()["color_constancy"] == "shades_of_gray"
+    assert BaseSpec.from_cfg({"color_constancy": "shades_of_gray"}).color_constancy == "shades_of_gray"
+    with pytest.raises(AttnMelError, match="color_constancy"):
+        BaseSpec(color_constancy="grey_world")
+
+
+def test_augment_keeps_the_mask_on_the_lesion_under_resized_crop_and_rotation():
+    from attnmel.data.transforms import Augment
+
+    img = np.zeros((64, 64, 3), dtype=np.uint8)
+    mask = np.zeros((64, 64), dtype=np.uint8)
+    mask[10:40, 20:34] = 1
+    img[mask == 1] = 255  # white lesion on black: the image's bright pixels are the lesion
+    t = TrainTransform(32, **IDENTITY, augment=Augment(crop_scale=(0.3, 1.0), rotation=30.0))
+    boxes, angles = set(), []
+    for seed in range(40):
+        g = torch.Generator().manual_seed(seed)
+        out = t(img, {"mask": mask}, generator=g)
+        bright = (out["image"].mean(0, keepdim=True) > 0.5).float()
+        agree = (bright == out["mask"]).float().mean().item()
+        assert agree > 0.93, (seed, agree)  # bilinear vs nearest differ only along the edge
+        p = t.params(64, 64, torch.Generator().manual_seed(seed))
+        boxes.add(p["box"])
+        angles.append(p["angle"])
+        _, _, h, w = p["box"]
+        # at least 0.3 of the area, less what clipping an aspect of up to 4/3 to the image can remove
+        assert h <= 64 and w <= 64 and h * w >= 0.3 * 64 * 64 * 0.75 - 64
+    assert len(boxes) > 30 and max(angles) > 10 and min(angles) < -10 and max(abs(a) for a in angles) <= 30
+
+
+def test_colour_jitter_changes_the_image_never_the_mask_and_defaults_draw_as_before():
+    from attnmel.data.transforms import Augment
+
+    img, mask = lesion_image(48)
+    plain = TrainTransform(32, **IDENTITY)
+    jit = TrainTransform(32, **IDENTITY, augment=Augment(color_jitter=0.4))
+    a = plain(img, {"mask": mask}, generator=torch.Generator().manual_seed(5))
+    b = jit(img, {"mask": mask}, generator=torch.Generator().manual_seed(5))
+    assert torch.equal(a["mask"], b["mask"]) and not torch.allclose(a["image"], b["image"])
+    pj = jit.params(48, 48, torch.Generator().manual_seed(5))
+    assert all(0.6 <= f <= 1.4 for f in pj["jitter"])
+    # Without the options the draws are the paper transform's, key for key.
+    assert plain.params(48, 48, torch.Generator().manual_seed(5)) == {
+        k: v for k, v in pj.items() if k in ("top", "left", "k", "hflip", "vflip")}
+    with pytest.raises(AttnMelError, match="crop_scale"):
+        Augment(crop_scale=(0.8, 0.2))

@@ -174,3 +174,20 @@ def test_lesion_regulariser_decreases_when_optimised() -> None:
         opt.step()
         values.append(loss.item())
     assert values[-1] < values[0] - 0.1, values
+
+
+def test_cross_entropy_label_smoothing_matches_the_hand_formula():
+    from attnmel.losses.classification import CrossEntropyLoss
+
+    logits = torch.tensor([[2.0, -1.0], [0.5, 0.3], [-1.0, 1.5]])
+    target = torch.tensor([0, 1, 1])
+    eps = 0.2
+    logp = torch.log_softmax(logits, dim=1)
+    # target distribution: 1 - eps + eps / K on the true class, eps / K on the other
+    q = torch.full_like(logp, eps / 2)
+    q[torch.arange(3), target] += 1 - eps
+    expect = -(q * logp).sum(1).mean()
+    assert CrossEntropyLoss(eps)(logits, target).item() == pytest.approx(expect.item(), rel=1e-6)
+    assert CrossEntropyLoss()(logits, target).item() == pytest.approx(-logp[torch.arange(3), target].mean().item())
+    with pytest.raises(AttnMelError, match="label_smoothing"):
+        CrossEntropyLoss(1.0)

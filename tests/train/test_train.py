@@ -240,3 +240,30 @@ def test_cli_resume_of_a_moved_run_folder(synthetic_root, tmp_path, capsys):
     assert not (tmp_path / "a" / "r").exists()
     assert cli_main(["train", "--resume", str(tmp_path / "nope")]) == 2
     assert "not a run folder" in capsys.readouterr().err
+
+
+def test_tta_averages_the_softmax_over_the_eight_rotations_and_flips():
+    from types import SimpleNamespace
+
+    from attnmel.train.run import dihedral_views, predict_probs
+
+    class Corner(torch.nn.Module):
+        """Logit 1 = the top-left pixel: every view of the 8 puts another corner there (each corner twice)."""
+
+        def forward(self, x):
+            return SimpleNamespace(logits=torch.stack([torch.zeros(len(x)), x[:, 0, 0, 0]], dim=1))
+
+    x = torch.zeros(2, 1, 4, 4)
+    x[0, 0, 0, 0], x[0, 0, 0, 3], x[0, 0, 3, 0], x[0, 0, 3, 3] = 1.0, 2.0, -1.0, 0.5
+    x[1, 0, 0, 0] = 3.0
+    batch = {"image": x, "label": torch.tensor([1, 0]), "image_id": ["a", "b"]}
+    assert len({tuple(v[0].flatten().tolist()) for v in dihedral_views(x)}) == 8
+    _, plain, _ = predict_probs(Corner(), [batch])
+    _, tta, _ = predict_probs(Corner(), [batch], tta=True)
+
+    def sig(v):
+        return 1 / (1 + np.exp(-np.asarray(v, dtype=float)))
+
+    assert plain[:, 1] == pytest.approx(sig([1.0, 3.0]), rel=1e-6)
+    # by hand: the mean of sigmoid(corner) over the 4 corners (each appears in two of the 8 views)
+    assert tta[:, 1] == pytest.approx([sig([1.0, 2.0, -1.0, 0.5]).mean(), sig([3.0, 0, 0, 0]).mean()], rel=1e-6)

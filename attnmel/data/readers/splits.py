@@ -13,13 +13,16 @@ import logging
 import os
 import stat
 from pathlib import Path
-from typing import Callable, Iterable, Mapping
+from typing import TYPE_CHECKING, Callable, Iterable, Mapping
 
 import numpy as np
 
 from attnmel.data.readers._common import read_table
 from attnmel.errors import AttnMelError, file_error
 from attnmel.io import write_text
+
+if TYPE_CHECKING:
+    from attnmel.data.samples import DatasetIndex
 
 log = logging.getLogger("attnmel.data")
 
@@ -222,3 +225,27 @@ def grouped_split(root: Path, stem: str, group_column: str, image_groups: Mappin
         lambda: stratified_assign(by_class, {"test": fractions["test"], "val": fractions["val"]}, int(seed)),
         source=source, cache_dir=cache_dir)
     return {img: assignment[g] for img, g in image_groups.items()}
+
+
+def holdout_split(root: Path, dataset: str, train: DatasetIndex, fraction: float,
+                  cache_dir: str | Path | None = None, seed: int = 0) -> set[str]:
+    """The training image ids that ``data.holdout`` moves to validation: ``fraction`` of each class, drawn
+    once (stratified, ``seed``) and kept as ``<dataset>_holdout[_..].csv`` (``image,split``) in the cache
+    folder of ``root`` (:func:`cache_folder`), never in the dataset folder, so every run shares it."""
+    fraction = check_fraction("data.holdout", fraction)
+    by_class: dict[int, list[str]] = {}
+    for s in train.samples:
+        by_class.setdefault(int(s.label), []).append(s.image_id)
+    name = split_file_name(f"{dataset}_holdout", {"fraction": fraction, "seed": int(seed)},
+                           {"fraction": 0.15, "seed": 0})
+    folder = cache_folder(Path(root), cache_dir)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise file_error(folder, f"cannot create the cache folder for the holdout split ({e.strerror})") from None
+    # persisted_split looks in (and writes to) its first argument first: the cache folder, not the dataset.
+    source = Path(root) / f"{dataset} train"
+    assignment, _ = persisted_split(folder, name, "image", (s.image_id for s in train.samples), ("train", "val"),
+                                    lambda: stratified_assign(by_class, {"val": fraction}, int(seed)),
+                                    source=source, cache_dir=cache_dir)
+    return {k for k, v in assignment.items() if v == "val"}
