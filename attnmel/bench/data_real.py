@@ -90,7 +90,8 @@ def loop_wait(cfg: dict, dm: Any, steps: int) -> dict[str, Any]:
         wait += t1 - t0
         total += time.perf_counter() - t0
     return {"steps": steps, "batch_size": int(cfg["data"]["batch_size"]),
-            "num_workers": int(cfg["data"]["num_workers"]), "precision": "bf16-mixed" if bf16 else "32-true", "step_s": round(total / steps, 4),
+            "num_workers": int(cfg["data"]["num_workers"]), "precision": "bf16-mixed" if bf16 else "32-true",
+            "step_s": round(total / steps, 4),
             "wait_s": round(wait / steps, 4), "wait_share": round(wait / total, 4),
             "images_per_second": round(steps * int(cfg["data"]["batch_size"]) / total, 1)}
 
