@@ -473,3 +473,35 @@ def test_ddp_run_goes_to_its_own_process(tmp_path: Path, monkeypatch: pytest.Mon
     assert _run(path, out) == 0
     m = json.loads((out / "tiny" / "none" / "seed0" / "metrics.json").read_text())
     assert "auc" in m["classification"] and m["attention"]["mean"]
+
+
+def test_isic2017_cpu_sweep_file_has_the_issue_arms() -> None:
+    spec = load_sweep(REPO / "experiments" / "sweeps" / "isic2017_cpu.yaml")
+    assert spec.dataset == "isic2017" and spec.seeds == [0, 1, 2] and spec.baseline == "none"
+    arms = {a.name: a.overrides for a in spec.arms}
+    assert set(arms) == {"none", "lesion", "background", "gap_remove_lesion"}
+    assert arms["gap_remove_lesion"]["model"]["gap_path"] == "remove"
+    assert arms["gap_remove_lesion"]["loss"]["regulariser"] == "lesion"
+
+
+def test_attention_is_scored_on_validation_when_the_test_split_has_no_masks(make_isic2017_tree, tmp_path) -> None:
+    from attnmel.config import defaults, dump
+    from attnmel.sweep.summary import attention_split_note, attention_split_of
+
+    root = make_isic2017_tree(tmp_path / "tree", counts={"train": (2, 1, 1), "val": (1, 1, 1)})
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    cfg = defaults()
+    cfg["data"].update(dataset="isic2017", root=str(root), cache_dir=str(tmp_path / "cache"))
+    (run_dir / "config.yaml").write_text(dump(cfg))
+    make_isic2017_tree(root, counts={"test": (1, 1, 0)}, masks=False, first_id=100)  # the test masks are not public
+    assert sweep_one.attention_split(run_dir) == "val"
+    make_isic2017_tree(root, counts={"test": (1, 1, 0)}, masks=True, first_id=100)
+    assert sweep_one.attention_split(run_dir) == "test"
+
+    scored = {"attention": {"available": True, "split": "val", "mean": {"attention:pool4": {"jaccard": 0.3}}}}
+    unscored = {"attention": {"available": False, "split": "test", "mean": {}}}
+    assert attention_split_of(scored) == "val" and attention_split_of(unscored) is None
+    assert "validation split (the test split has no lesion masks)" in attention_split_note(
+        {"arms": [{"attention_splits": ["val"]}, {"attention_splits": []}]})
+    assert attention_split_note({"arms": [{"attention_splits": ["test"]}]}) == ""
