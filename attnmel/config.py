@@ -23,7 +23,7 @@ Config = dict[str, Any]
 # Keys a resumed run may change (a moved folder or dataset, more epochs, other hardware). Every other key
 # is the run's identity: the checkpoint's config wins, and asking to change it is refused in one line.
 RESUME_MAY_CHANGE = ("out_dir", "name", "data.root", "data.cache", "data.cache_dir", "data.num_workers",
-                     "data.eval_batch_size", "data.masks", "trainer.max_epochs", "trainer.accelerator",
+                     "data.eval_batch_size", "data.tta", "data.masks", "trainer.max_epochs", "trainer.accelerator",
                      "trainer.devices", "trainer.num_nodes", "trainer.strategy", "trainer.precision",
                      "trainer.progress_bar", "trainer.log_every_n_steps", "trainer.early_stopping_patience")
 
