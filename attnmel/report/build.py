@@ -34,6 +34,7 @@ from attnmel.explain.attributions import DEFAULT_TARGET
 from attnmel.explain.methods import method_label, short_label
 from attnmel.explain.overlay import DEFAULT_OVERLAY_SIDE
 from attnmel.io import atomic_dir, write_text
+from attnmel.report.calibration import reported_probs
 from attnmel.report.render import template_env
 
 log = logging.getLogger("attnmel.report")
@@ -41,7 +42,7 @@ log = logging.getLogger("attnmel.report")
 GALLERY_SIZE = 6  # cases per gallery group (best, worst, random, right-but-outside thumbnails)
 GALLERY_SEED = 0
 # "Right but looking outside": a correct prediction whose primary map puts less than this share of its
-# (re-normalised) energy inside the lesion.
+# (re-normalised) energy inside the lesion, and less than a flat map would (the lesion's share of the view).
 OUTSIDE_ENERGY = 0.5
 PAPER_ANCHORS = ("Paper (ISIC 2017 test, attention vs lesion masks, Jaccard pool-3 / pool-4): AttnMel-CNN "
                  "0.3105 / 0.3186; AttnMel-CNN-Dermo 0.3621 / 0.4767; AttnMel-CNN-Lesion 0.5533 / 0.6560; "
@@ -116,6 +117,7 @@ class Collected:
     probs: list[np.ndarray] = field(default_factory=list)
     maps: list[dict[str, np.ndarray]] = field(default_factory=list)  # raw maps per image, for the gallery
     lesion_px: list[int] = field(default_factory=list)
+    lesion_share: list[float] = field(default_factory=list)  # the lesion's share of the network's view
     per_image: list[dict[str, Any]] = field(default_factory=list)  # attention_quality rows
     by_case: dict[tuple[str, int], dict[str, Any]] = field(default_factory=dict)  # (method, position) -> row
     timings: dict[str, float] = field(default_factory=lambda: {"data": 0.0, "inference": 0.0,
@@ -180,6 +182,7 @@ def _score_batch(c: Collected, batch: dict, maps: dict[str, np.ndarray], ids: li
         c.by_case[(r["method"], len(c.ids) + j % len(ids))] = r
     c.per_image += rows
     c.lesion_px += [int(m.sum()) for m in masks]
+    c.lesion_share += [float(m.mean()) for m in masks]
 
 
 # -- step 2: classification metrics and the means -----------------------------------------------------------
@@ -231,7 +234,7 @@ def score(inp: Inputs, c: Collected) -> Scores:
 
     t0 = time.perf_counter()
     labels = np.asarray(c.labels, dtype=np.int64)
-    probs = np.concatenate(c.probs)
+    probs = reported_probs(inp.run_dir, np.concatenate(c.probs))  # the run's temperature, where it was kept
     names, mel = inp.run.class_names, inp.run.melanoma_index
     cls = classification_metrics(labels, probs, names, mel)
     crv = curves(labels, probs, names, mel)
@@ -261,32 +264,45 @@ class Gallery:
         return out
 
 
+def jaccard_lift(c: Collected, method: str, k: int) -> float:
+    """Image ``k``'s Jaccard of ``method`` minus that of a map covering the whole view (= the lesion's share of
+    the view). Raw Jaccard ranks big lesions first: on real images a lesion filling the frame gave the best
+    Jaccard to maps that ignored it."""
+    share = c.lesion_share[k] if k < len(c.lesion_share) else 0.0
+    return (c.score(method, k) or 0.0) - share
+
+
 def select_gallery(c: Collected, s: Scores, has_masks: bool, gallery_size: int) -> Gallery:
-    """Best and worst by the primary map's Jaccard, a seeded random sample, and the correct predictions whose
-    primary map puts less than :data:`OUTSIDE_ENERGY` of its energy inside the lesion."""
+    """Best and worst by the primary map's Jaccard above the whole-view map's (:func:`jaccard_lift`), a seeded
+    random sample, and the correct predictions whose primary map puts less than :data:`OUTSIDE_ENERGY` of its
+    energy inside the lesion and less than a flat map would (most avoiding first)."""
     n, primary = len(c.ids), s.primary
     rng = np.random.default_rng(GALLERY_SEED)
     groups: list[tuple[str, str, list[int]]] = []
     if has_masks:
-        order = sorted(range(n), key=lambda k: (-(c.score(primary, k) or 0.0), k))
+        order = sorted(range(n), key=lambda k: (-jaccard_lift(c, primary, k), k))
         best = order[:gallery_size]
         worst = [k for k in reversed(order) if k not in best][:gallery_size]
         rest = [k for k in range(n) if k not in best and k not in worst]
         pick = sorted(rng.choice(rest, size=min(gallery_size, len(rest)), replace=False).tolist()) if rest else []
-        groups += [("best", f"Highest {short_label(primary)} Jaccard", best),
-                   ("worst", f"Lowest {short_label(primary)} Jaccard", worst),
+        groups += [("best", f"Highest {short_label(primary)} Jaccard above the whole-view map", best),
+                   ("worst", f"Lowest {short_label(primary)} Jaccard below the whole-view map", worst),
                    ("random", f"Random sample (seed {GALLERY_SEED})", pick)]
     else:
         pick = sorted(rng.choice(n, size=min(gallery_size, n), replace=False).tolist())
         groups.append(("random", f"Random sample (seed {GALLERY_SEED})", pick))
     rule = (f"correct prediction (argmax = true class), a non-empty lesion mask, and the {short_label(primary)} "
-            f"map puts less than {OUTSIDE_ENERGY:.0%} of its re-normalised energy inside the lesion "
-            f"(energy inside < {OUTSIDE_ENERGY})")
+            f"map puts less than {OUTSIDE_ENERGY:.0%} of its re-normalised energy inside the lesion and less than "
+            "a flat map would (energy inside < the lesion's share of the view); the map that avoids its lesion most "
+            "(energy inside / lesion share) first")
     outside: list[int] = []
     if has_masks:
+        def energy(k: int) -> float:
+            return c.score(primary, k, "energy_inside") or 0.0
+
         outside = [k for k in range(n) if s.pred[k] == s.labels[k] and c.lesion_px[k] > 0
-                   and (c.score(primary, k, "energy_inside") or 0.0) < OUTSIDE_ENERGY]
-        outside.sort(key=lambda k: (c.score(primary, k, "energy_inside") or 0.0, k))
+                   and energy(k) < min(OUTSIDE_ENERGY, c.lesion_share[k])]
+        outside.sort(key=lambda k: (energy(k) / c.lesion_share[k], k))
     return Gallery(groups=groups, outside=outside, outside_rule=rule)
 
 
@@ -390,6 +406,7 @@ def _case_row(k: int, c: Collected, s: Scores, class_names: list[str], mel: int,
     row: dict[str, Any] = dict(image_id=c.ids[k], true=class_names[y], predicted=class_names[int(s.pred[k])],
                                correct=bool(int(s.pred[k]) == y), p_mel=float(s.probs[k, mel]))
     if has_masks:
+        row["lesion_share"] = c.lesion_share[k]
         row["jaccard"] = {m: c.score(m, k) for m in s.map_methods}
         row["energy"] = {m: c.score(m, k, "energy_inside") for m in s.map_methods}
     return row
@@ -493,11 +510,14 @@ def build_report(run_dir: str | Path, split: str = "test", integrated_gradients:
                            integrated_gradients=integrated_gradients, gallery_size=gallery_size,
                            timings={**timings, "total before writing the page": time.perf_counter() - t_start},
                            checks=checks)
+        calibration = run_calibration(inp, c, s, out_dir / "figures")
+        ctx.update(calibration=calibration.ctx, provenance=run_provenance(inp, c))
         write_text(out_dir / "index.html", render_page(ctx))
         timings["render"] = time.perf_counter() - t0
     path = report_dir / "index.html"
     timings["total"] = time.perf_counter() - t_start
-    _write_metrics(inp, s, attention, path, integrated_gradients, timings)
+    _write_metrics(inp, s, attention, path, integrated_gradients, timings,
+                   {"calibration": calibration.metrics, "geometry": {k: ctx["provenance"][k] for k in GEOMETRY_KEYS}})
     if reports_root is not None:
         _rebuild_index(Path(reports_root), inp.run_dir, runs_roots)
     return path
@@ -517,8 +537,31 @@ def run_checks(inp: Inputs, c: Collected, s: Scores, fig_dir: Path, integrated_g
                                           integrated_gradients, short_label), fig_dir, **(options or {}))
 
 
+def run_calibration(inp: Inputs, c: Collected, s: Scores, fig_dir: Path):
+    """The calibration block (:mod:`attnmel.report.calibration`) on the split's softmax probabilities."""
+    from attnmel.report.calibration import calibration_block
+
+    return calibration_block(inp.run_dir, inp.split, s.labels, np.concatenate(c.probs), inp.run.melanoma_index,
+                             fig_dir, oversample=inp.run.cfg["data"].get("oversample"))
+
+
+GEOMETRY_KEYS = ("sizes", "transform", "grids", "trained_root", "same_tree", "chose_checkpoint")
+
+
+def run_provenance(inp: Inputs, c: Collected) -> dict[str, Any]:
+    """Which split chose the checkpoint and which geometry made the network's input
+    (:mod:`attnmel.report.provenance`)."""
+    from attnmel.report.provenance import provenance_block
+    from attnmel.train.rundir import read_metrics
+
+    ds = inp.used.dataset if isinstance(inp.used, _Head) else inp.used
+    samples = ds.index.samples[: len(c.ids)]
+    maps = {short_label(k): v for k, v in c.maps[0].items()} if c.maps else None
+    return provenance_block(inp.run, inp.split, samples, maps, read_metrics(inp.run_dir))
+
+
 def _write_metrics(inp: Inputs, s: Scores, attention: dict[str, Any], path: Path, integrated_gradients: bool,
-                   timings: dict[str, float]) -> None:
+                   timings: dict[str, float], report_extra: dict[str, Any] | None = None) -> None:
     from attnmel.train.rundir import update_metrics
 
     suffix = "" if inp.split == "test" else f"_{inp.split}"
@@ -527,7 +570,8 @@ def _write_metrics(inp: Inputs, s: Scores, attention: dict[str, Any], path: Path
                                                      "integrated_gradients": integrated_gradients,
                                                      "classification": {k: s.cls.get(k) for k in
                                                                         ("auc", "average_precision", "n_images")},
-                                                     "timings_s": {k: round(v, 3) for k, v in timings.items()}}})
+                                                     "timings_s": {k: round(v, 3) for k, v in timings.items()},
+                                                     **(report_extra or {})}})
 
 
 def _rebuild_index(reports_root: Path, run_dir: Path, runs_roots: Sequence[Path]) -> None:

@@ -424,6 +424,7 @@ def evaluate(run_dir: str | Path, split: str = "test") -> dict:
     """Score a run on a split: ``metrics.json`` (``classification`` section) and ``predictions.csv``."""
     from attnmel.data.datamodule import AttnMelDataModule
     from attnmel.metrics.classification import classification_metrics, write_predictions_csv
+    from attnmel.train.calibration import apply_kept, read_calibration
 
     run = load_run(run_dir)
     if run.cfg.get("task", "classification") == "segmentation":
@@ -438,9 +439,26 @@ def evaluate(run_dir: str | Path, split: str = "test") -> dict:
         update_metrics(run.run_dir, {"segmentation": scores, "split": split})
         return scores
     dm = AttnMelDataModule(resolve_mask_source(run.cfg))
-    loader = dm.eval_dataloader(split)
+    suffix = "" if split == "test" else f"_{split}"
+    ids, probs, labels, extra = _split_probabilities(run, dm, split)
+    # Scoring test (re)fits the temperature on val; every split then reports the kept one's probabilities.
+    cal = calibrate(run, dm, test=(probs, labels)) if split == "test" else read_calibration(run.run_dir)
+    probs = apply_kept(probs, cal)
+    metrics = classification_metrics(labels, probs, run.class_names, run.melanoma_index)
+    write_predictions_csv(predictions_path(run.run_dir, split), ids, probs, run.class_names)
+    update_metrics(run.run_dir, {f"classification{suffix}": metrics, "split": split, **extra,
+                                 f"calibration{suffix}": calibration_section(labels, probs, run.melanoma_index, cal),
+                                 "checkpoint": str(run.checkpoint.relative_to(run.run_dir))})
+    return metrics
+
+
+def _split_probabilities(run: LoadedRun, dm, split: str) -> tuple[list[str], np.ndarray, np.ndarray, dict]:
+    """Image ids, the run's class probabilities before any temperature (softmax, averaged with the SVM's when
+    ``model.svm``), labels, and the extra metrics.json sections (the softmax-only scores of an SVM run)."""
+    from attnmel.metrics.classification import classification_metrics
+
     use_svm = bool(run.cfg["model"].get("svm"))
-    ids, probs, labels, *feats = predict_probs(run.model, loader, with_features=use_svm)
+    ids, probs, labels, *feats = predict_probs(run.model, dm.eval_dataloader(split), with_features=use_svm)
     if not ids:
         raise AttnMelError(f"{run.cfg['data']['root']}: split '{split}' has no images")
     extra: dict = {}
@@ -448,12 +466,31 @@ def evaluate(run_dir: str | Path, split: str = "test") -> dict:
         softmax_only = classification_metrics(labels, probs, run.class_names, run.melanoma_index)
         probs = _svm_average(run, dm, probs, feats[0])
         extra["classification_softmax_only" + ("" if split == "test" else f"_{split}")] = softmax_only
-    metrics = classification_metrics(labels, probs, run.class_names, run.melanoma_index)
-    suffix = "" if split == "test" else f"_{split}"
-    write_predictions_csv(predictions_path(run.run_dir, split), ids, probs, run.class_names)
-    update_metrics(run.run_dir, {f"classification{suffix}": metrics, "split": split, **extra,
-                                 "checkpoint": str(run.checkpoint.relative_to(run.run_dir))})
-    return metrics
+    return ids, probs, labels, extra
+
+
+def calibrate(run: LoadedRun, dm, test: tuple[np.ndarray, np.ndarray] | None = None) -> dict:
+    """Fit the temperature on the validation split's probabilities and judge it on test
+    (:func:`attnmel.train.calibration.fit_and_judge`; ``test``: its probabilities and labels when already
+    computed); writes ``RUN/calibration.json``."""
+    from attnmel.train.calibration import fit_and_judge
+
+    _, pv, yv, _ = _split_probabilities(run, dm, "val")
+    if test is None:
+        _, pt, yt, _ = _split_probabilities(run, dm, "test")
+        test = (pt, yt)
+    return fit_and_judge(run.run_dir, (pv, yv), test, run.melanoma_index,
+                         checkpoint=str(run.checkpoint.relative_to(run.run_dir)))
+
+
+def calibration_section(labels: np.ndarray, probs: np.ndarray, melanoma_index: int, cal: dict | None) -> dict:
+    """metrics.json ``calibration[_<split>]``: ECE and reliability bins of the reported p(melanoma), and whether
+    a temperature was applied to them."""
+    from attnmel.metrics.calibration import calibration_summary
+
+    out = calibration_summary(np.asarray(labels) == melanoma_index, probs[:, melanoma_index])
+    out["temperature_applied"] = float(cal["temperature"]) if cal and cal.get("kept") else None
+    return out
 
 
 def evaluate_tests(run_dir: str | Path) -> dict:
@@ -462,7 +499,12 @@ def evaluate_tests(run_dir: str | Path) -> dict:
     so that metrics.json holds them side by side (``classification_val``, ``classification_test_reversed``)."""
     from attnmel.data.synthetic import extra_test_splits
 
-    extra = extra_test_splits(load_run(run_dir).cfg["data"])
+    run = load_run(run_dir)
+    extra = extra_test_splits(run.cfg["data"])
+    if extra and run.cfg.get("task", "classification") == "classification":
+        from attnmel.data.datamodule import AttnMelDataModule
+
+        calibrate(run, AttnMelDataModule(resolve_mask_source(run.cfg)))  # so val and the extras get the same T
     for split in ("val", *extra) if extra else ():
         evaluate(run_dir, split=split)
     return evaluate(run_dir, split="test")  # last, so metrics.json's "split" stays "test"

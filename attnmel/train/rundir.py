@@ -160,6 +160,25 @@ def read_checkpoint(path: Path) -> dict:
     return ckpt
 
 
+def checkpoint_provenance(path: str | Path) -> dict[str, Any]:
+    """Where a checkpoint came from, read without loading its weights (memory-mapped, ``weights_only``): the
+    epoch it was saved at, the score that selected it (``monitor`` and ``best_score``: the best validation
+    metric when it was saved, None for ``last.ckpt`` of a run that never improved) and the config it was
+    trained with (before any edit of ``config.yaml``)."""
+    import torch
+
+    try:
+        ckpt = torch.load(Path(path), map_location="cpu", weights_only=True, mmap=True)
+    except Exception as e:  # noqa: BLE001 - torch raises many types for a bad file
+        raise file_error(path, f"not a readable AttnMel checkpoint ({e.__class__.__name__})") from None
+    monitor, best = None, None
+    for state in (ckpt.get("callbacks") or {}).values():
+        if isinstance(state, dict) and state.get("monitor") and state.get("best_model_score") is not None:
+            monitor, best = str(state["monitor"]), float(state["best_model_score"])
+    return {"epoch": ckpt.get("epoch"), "monitor": monitor, "best_score": best,
+            "config": (ckpt.get("attnmel") or {}).get("config") or {}}
+
+
 def load_run(run_dir: str | Path, which: str = BEST) -> LoadedRun:
     """Config and model (best weights, CPU, eval mode) of a run folder."""
     from attnmel.models import build_model
