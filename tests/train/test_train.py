@@ -72,7 +72,8 @@ def test_checkpoint_is_plain_data_and_round_trips(trained):
     for k, v in run.model.state_dict().items():
         assert torch.equal(v, ckpt["state_dict"]["model." + k])
     # A model built by hand from the checkpoint (not through load_run / predict_probs, which wrote
-    # predictions.csv) gives the probabilities in predictions.csv.
+    # predictions.csv) gives the probabilities in predictions.csv: softmax(logits / T) when the temperature fitted
+    # on val was kept (it lowered the test ECE), softmax(logits) otherwise.
     from attnmel.data.datamodule import AttnMelDataModule
     from attnmel.models import build_model
 
@@ -81,10 +82,12 @@ def test_checkpoint_is_plain_data_and_round_trips(trained):
     model.load_state_dict({k[len("model."):]: v for k, v in ckpt["state_dict"].items() if k.startswith("model.")})
     model.eval()
     rows = {r["image_id"]: float(r["melanoma"]) for r in _rows(trained / "predictions.csv")}
+    cal = json.loads((trained / "calibration.json").read_text())
+    t = cal["temperature"] if cal["kept"] else 1.0
     seen = 0
     with torch.no_grad():
         for batch in AttnMelDataModule(cfg, progress=False).eval_dataloader("test"):
-            mel = torch.softmax(model(batch["image"]).logits.float(), dim=1)[:, 1].numpy()
+            mel = torch.softmax(model(batch["image"]).logits.float() / t, dim=1)[:, 1].numpy()
             assert np.allclose([rows[i] for i in batch["image_id"]], mel, atol=1e-5)
             seen += len(mel)
     assert seen == len(rows)
@@ -240,3 +243,26 @@ def test_cli_resume_of_a_moved_run_folder(synthetic_root, tmp_path, capsys):
     assert not (tmp_path / "a" / "r").exists()
     assert cli_main(["train", "--resume", str(tmp_path / "nope")]) == 2
     assert "not a run folder" in capsys.readouterr().err
+
+
+def test_training_fits_a_temperature_and_reports_the_ece_of_predictions_csv(trained):
+    """train -> evaluate fits T on val (calibration.json) and metrics.json's calibration section holds the ECE of
+    the probabilities in predictions.csv (torchmetrics' binary ECE, 15 bins, as the oracle)."""
+    from torchmetrics.classification import BinaryCalibrationError
+
+    cal = json.loads((trained / "calibration.json").read_text())
+    assert cal["fitted_on"] == "val" and cal["temperature"] > 0 and isinstance(cal["kept"], bool)
+    assert cal["kept"] == (cal["ece"]["test"]["scaled"] < cal["ece"]["test"]["raw"])
+    metrics = json.loads((trained / "metrics.json").read_text())
+    section = metrics["calibration"]
+    assert section["temperature_applied"] == (cal["temperature"] if cal["kept"] else None)
+    from attnmel.data.datamodule import AttnMelDataModule
+
+    run = rundir.load_run(trained)
+    labels = {}
+    for batch in AttnMelDataModule(run.cfg, progress=False).eval_dataloader("test"):
+        labels.update({i: int(y) for i, y in zip(batch["image_id"], batch["label"])})
+    rows = _rows(trained / "predictions.csv")
+    p = torch.tensor([float(r["melanoma"]) for r in rows], dtype=torch.float64).clamp(max=1 - 1e-12)
+    y = torch.tensor([int(labels[r["image_id"]] == run.melanoma_index) for r in rows])
+    assert section["ece"] == pytest.approx(float(BinaryCalibrationError(n_bins=15)(p, y)), abs=1e-6)
