@@ -421,7 +421,9 @@ def predict_probs(model: nn.Module, loader, device: str = "cpu", with_features: 
 
 
 def evaluate(run_dir: str | Path, split: str = "test") -> dict:
-    """Score a run on a split: ``metrics.json`` (``classification`` section) and ``predictions.csv``."""
+    """Score a run on a split: ``metrics.json`` (``classification`` and ``calibration`` sections) and
+    ``predictions.csv``. Scoring test first fits the temperature on val (:func:`calibrate`); every split's
+    probabilities are scaled by it when it was kept (:mod:`attnmel.train.calibration`)."""
     from attnmel.data.datamodule import AttnMelDataModule
     from attnmel.metrics.classification import classification_metrics, write_predictions_csv
     from attnmel.train.calibration import apply_kept, read_calibration
@@ -442,7 +444,7 @@ def evaluate(run_dir: str | Path, split: str = "test") -> dict:
     suffix = "" if split == "test" else f"_{split}"
     ids, probs, labels, extra = _split_probabilities(run, dm, split)
     # Scoring test (re)fits the temperature on val; every split then reports the kept one's probabilities.
-    cal = calibrate(run, dm, test=(probs, labels)) if split == "test" else read_calibration(run.run_dir)
+    cal = _calibrate_or_keep(run, dm, (probs, labels)) if split == "test" else read_calibration(run.run_dir)
     probs = apply_kept(probs, cal)
     metrics = classification_metrics(labels, probs, run.class_names, run.melanoma_index)
     write_predictions_csv(predictions_path(run.run_dir, split), ids, probs, run.class_names)
@@ -481,6 +483,20 @@ def calibrate(run: LoadedRun, dm, test: tuple[np.ndarray, np.ndarray] | None = N
         test = (pt, yt)
     return fit_and_judge(run.run_dir, (pv, yv), test, run.melanoma_index,
                          checkpoint=str(run.checkpoint.relative_to(run.run_dir)))
+
+
+def _calibrate_or_keep(run: LoadedRun, dm, test: tuple[np.ndarray, np.ndarray]) -> dict | None:
+    """:func:`calibrate`; where the tree has no usable validation split (a test-only copy of a dataset), the
+    run's earlier ``calibration.json`` (if any) with a one-line warning, instead of failing the test scores."""
+    from attnmel.train.calibration import read_calibration
+
+    try:
+        return calibrate(run, dm, test=test)
+    except AttnMelError as e:
+        earlier = read_calibration(run.run_dir)
+        log.warning("no temperature fitted (%s); %s", str(e).splitlines()[0],
+                    "keeping the earlier calibration.json" if earlier else "probabilities unscaled")
+        return earlier
 
 
 def calibration_section(labels: np.ndarray, probs: np.ndarray, melanoma_index: int, cal: dict | None) -> dict:

@@ -266,3 +266,25 @@ def test_training_fits_a_temperature_and_reports_the_ece_of_predictions_csv(trai
     p = torch.tensor([float(r["melanoma"]) for r in rows], dtype=torch.float64).clamp(max=1 - 1e-12)
     y = torch.tensor([int(labels[r["image_id"]] == run.melanoma_index) for r in rows])
     assert section["ece"] == pytest.approx(float(BinaryCalibrationError(n_bins=15)(p, y)), abs=1e-6)
+
+
+def test_evaluate_on_a_tree_without_val_keeps_the_earlier_temperature(trained, synthetic_root, tmp_path, caplog):
+    """A test-only copy of the dataset: no temperature can be fitted, so test is still scored, with the run's
+    earlier calibration.json, and a one-line warning says so."""
+    import shutil
+
+    import yaml
+
+    root = tmp_path / "test_only"
+    shutil.copytree(synthetic_root, root, ignore=shutil.ignore_patterns("*Validation*"))
+    run = tmp_path / "run"
+    shutil.copytree(trained, run, ignore=shutil.ignore_patterns("report", "logs"))
+    before = json.loads((run / "calibration.json").read_text())
+    cfg = yaml.safe_load((run / "config.yaml").read_text())
+    cfg["data"]["root"] = str(root)
+    (run / "config.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False))
+    with caplog.at_level("WARNING", logger="attnmel.train"):
+        m = run_mod.evaluate(run, "test")
+    assert m["n_images"] > 0
+    assert json.loads((run / "calibration.json").read_text()) == before
+    assert any("no temperature fitted" in r.getMessage() for r in caplog.records)
