@@ -511,7 +511,7 @@ def build_report(run_dir: str | Path, split: str = "test", integrated_gradients:
                            timings={**timings, "total before writing the page": time.perf_counter() - t_start},
                            checks=checks)
         calibration = run_calibration(inp, c, s, out_dir / "figures")
-        ctx.update(calibration=calibration.ctx, provenance=run_provenance(inp, c))
+        ctx.update(calibration=calibration.ctx, provenance=run_provenance(inp, c), below_random=below_random(s))
         write_text(out_dir / "index.html", render_page(ctx))
         timings["render"] = time.perf_counter() - t0
     path = report_dir / "index.html"
@@ -543,6 +543,16 @@ def run_calibration(inp: Inputs, c: Collected, s: Scores, fig_dir: Path):
 
     return calibration_block(inp.run_dir, inp.split, s.labels, np.concatenate(c.probs), inp.run.melanoma_index,
                              fig_dir, oversample=inp.run.cfg["data"].get("oversample"))
+
+
+def below_random(s: Scores) -> dict[str, Any]:
+    """The model's maps whose mean Jaccard is below the uniform-random map's: on a real run every map was, which
+    the table showed but nothing said (they avoid the lesion more than chance does)."""
+    if "random" not in s.mean:
+        return {}
+    floor = s.mean["random"]["jaccard"]
+    low = [short_label(m) for m in s.map_methods if m in s.mean and s.mean[m]["jaccard"] < floor]
+    return {"methods": low, "floor": floor, "all": bool(low) and len(low) == len(s.map_methods)} if low else {}
 
 
 GEOMETRY_KEYS = ("sizes", "transform", "grids", "trained_root", "same_tree", "chose_checkpoint")
