@@ -95,7 +95,7 @@ def test_onnx_classifier_matches_pytorch(tmp_path: Path, synthetic_root: Path) -
 
     from attnmel.cli import main
     from attnmel.data.datamodule import AttnMelDataModule
-    from attnmel.train.run import load_run
+    from attnmel.train.rundir import load_run
 
     run_dir = _untrained_run(tmp_path, synthetic_root)
     assert main(["export", str(run_dir)]) == 0
