@@ -25,8 +25,10 @@ def _prepare(image: np.ndarray, data_cfg: dict, mean: list[float], std: list[flo
 
     h, w = image.shape[:2]
     size = int(data_cfg["image_size"])
-    box = eval_box(w, h, BaseSpec.from_cfg(data_cfg), size)
-    if not np.allclose(box, (0.0, 0.0, float(w), float(h)), atol=1e-6):
+    spec = BaseSpec.from_cfg(data_cfg)
+    box = eval_box(w, h, spec, size)
+    # crop_to_mask crops around a lesion mask the image to be segmented does not have yet.
+    if spec.crop_to_mask is not None or not np.allclose(box, (0.0, 0.0, float(w), float(h)), atol=1e-6):
         raise AttnMelError(f"config: data.center_crop={data_cfg.get('center_crop')!r}, data.crop_to_mask="
                            f"{data_cfg.get('crop_to_mask')!r}, data.resize={data_cfg.get('resize')!r}, "
                            f"data.image_size={size}: this run saw only part of each image, so full-size masks "
