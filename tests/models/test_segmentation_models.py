@@ -70,8 +70,13 @@ def test_unknown_segmenter_is_a_one_line_error():
 
 
 def test_bad_model_options_are_errors():
+    from attnmel import config as config_mod
+
+    # Each value is checked once: its type by the config engine, the model's own range by its factory.
     with pytest.raises(AttnMelError, match="model.width"):
-        build_segmenter("unet", {"width": "wide"})
+        config_mod.load_config(None, ["model.width=wide"])
+    with pytest.raises(AttnMelError, match=r"model.width for unet .* \(0, 8\]"):
+        build_segmenter("unet", {"width": 9})
     with pytest.raises(AttnMelError, match="model.width must be 1.0 for fcrn"):
         build_segmenter("fcrn", {"pretrained": "none", "width": 0.5})
     with pytest.raises(AttnMelError, match="detector_options.*rpn_magic"):
