@@ -7,9 +7,10 @@ Per run (``<out>/<sweep>-<dataset>/<arm>/seed<k>/``):
 - interrupted (``checkpoints/last.ckpt``, no test metrics yet): ``train(cfg, resume=True)``, which also
   finishes a run whose training ended but whose evaluation did not;
 - otherwise trained from scratch (``train`` evaluates on the test split);
-- then attention quality is scored with :func:`attnmel.report.build.build_report` (its ``attention``
-  section of ``metrics.json``); a run whose data has no lesion masks
-  records ``attention_skipped`` instead, so it is not retried forever.
+- then attention quality is scored with :func:`attnmel.report.build.score_attention` (the report's numbers
+  only, no page or figures: the ``attention`` section of ``metrics.json``); a run whose data has no lesion
+  masks (a :class:`~attnmel.errors.MissingMasksError`) records ``attention_skipped`` instead, so it is not
+  retried forever. ``attnmel report RUN`` draws a run's page when wanted.
 
 A failing run (any exception: bad config, out of memory, NaN loss) is written to ``error.txt`` in its run
 folder and reported; the sweep goes on. Exit status 0 when every run finished, 1 otherwise.
