@@ -85,19 +85,8 @@ def _slurm_options(args: argparse.Namespace) -> dict:
             "mem_gb": args.mem_gb, "time_min": args.time_min, "account": args.account, "sbatch": args.sbatch}
 
 
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="attnmel", description="Interpretable attention-based melanoma classification.")
-    p.add_argument("-v", "--verbose", action="store_true", help="show debug logs and full tracebacks")
-    sub = p.add_subparsers(dest="cmd", required=True)
-    _add_data(sub)
-
-    t = _sub(sub, "train", help="train a model from a config into runs/<name>/")
-    t.add_argument("--config", type=Path, help="experiments/<dataset>.yaml")
-    t.add_argument("--resume", type=Path, metavar="RUN_DIR",
-                   help="continue an interrupted run from its last checkpoint")
-    t.add_argument("overrides", nargs="*",
-                   help="key=value overrides, e.g. trainer.max_epochs=5 data.root=/data/isic2017")
-
+def _add_run_commands(sub: argparse._SubParsersAction) -> None:
+    """The commands that use a trained run: evaluate, predict, report (each with ``--device``)."""
     e = _sub(sub, "evaluate", help=f"score a run on a split: {METRICS} and {RunDir('.').predictions().name}")
     e.add_argument("run_dir", type=Path)
     _add_device(e)
@@ -122,6 +111,22 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--limit", type=int, default=None, help="use at most this many images")
     r.add_argument("--overlay-size", type=int, default=1024, metavar="PX",
                    help="long side of each gallery panel in pixels (default 1024; smaller originals keep theirs)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="attnmel", description="Interpretable attention-based melanoma classification.")
+    p.add_argument("-v", "--verbose", action="store_true", help="show debug logs and full tracebacks")
+    sub = p.add_subparsers(dest="cmd", required=True)
+    _add_data(sub)
+
+    t = _sub(sub, "train", help="train a model from a config into runs/<name>/")
+    t.add_argument("--config", type=Path, help="experiments/<dataset>.yaml")
+    t.add_argument("--resume", type=Path, metavar="RUN_DIR",
+                   help="continue an interrupted run from its last checkpoint")
+    t.add_argument("overrides", nargs="*",
+                   help="key=value overrides, e.g. trainer.max_epochs=5 data.root=/data/isic2017")
+
+    _add_run_commands(sub)
 
     sw = _sub(sub, "sweep", help="run an ablation sweep: arms x seeds, then the summary")
     sw.add_argument("sweep_file", type=Path)
