@@ -6,6 +6,7 @@ from __future__ import annotations
 import pytest
 
 from attnmel.cli import main as cli_main
+from attnmel.errors import AttnMelError
 from tests._faults import EXPERIMENTS, one_line_error, tiny_overrides
 
 
@@ -73,3 +74,17 @@ def test_data_synth_over_an_existing_set_needs_force(tmp_path, capsys):
     assert cli_main(args) == 2
     assert "--force" in one_line_error(capsys) and mine.read_text() == "keep me"
     assert cli_main([*args, "--force"]) == 0
+
+
+def test_verbose_flag_works_before_and_after_the_subcommand(tmp_path, capsys):
+    from attnmel.cli import parse_args
+
+    assert parse_args(["evaluate", "RUN", "-v"]).verbose is True
+    assert parse_args(["-v", "evaluate", "RUN"]).verbose is True
+    assert parse_args(["data", "check", "--dataset", "x", "--root", "r", "--verbose"]).verbose is True
+    assert parse_args(["evaluate", "RUN"]).verbose is False
+    # -v after the subcommand really turns on tracebacks: the error is raised instead of printed in one line.
+    with pytest.raises(AttnMelError, match="run folder not found"):
+        cli_main(["evaluate", str(tmp_path / "nope"), "-v"])
+    assert cli_main(["evaluate", str(tmp_path / "nope")]) == 2
+    assert "run folder not found" in one_line_error(capsys)
