@@ -58,9 +58,9 @@ def provenance_block(run: Any, split: str, samples: Sequence[Any], maps: dict[st
     test_auc = (metrics.get("classification") or {}).get("auc")
     selection = ""
     if chose:
-        best = f" (validation AUC {prov['best_score']:.3f} at selection)" if prov["best_score"] is not None else ""
-        selection = (f"this split chose the checkpoint: best.ckpt is the epoch with the highest validation AUC, "
-                     f"epoch {prov['epoch']} counting from 0{best}, so this AUC is optimistic"
+        best = f", validation AUC {prov['best_score']:.3f} at selection" if prov["best_score"] is not None else ""
+        selection = (f"this split chose the checkpoint (the epoch with the highest validation AUC, "
+                     f"epoch {prov['epoch']} counting from 0{best}), so this AUC is optimistic"
                      + (f"; the test AUC, on images no choice saw, is {test_auc:.3f}" if test_auc is not None else
                         "; score the test split (attnmel evaluate) for an unbiased figure"))
     grids = {k: f"{v.shape[-1]} x {v.shape[-2]}" for k, v in (maps or {}).items() if getattr(v, "ndim", 0) >= 2}

@@ -29,13 +29,14 @@ from attnmel.metrics.calibration import N_BINS, expected_calibration_error
 
 log = logging.getLogger("attnmel.train")
 
-CALIBRATION_FILE = "calibration.json"
 PROB_FLOOR = 1e-12
 LOG_T_BOUNDS = (np.log(0.05), np.log(20.0))  # a temperature outside [0.05, 20] means the model is broken
 
 
 def calibration_path(run_dir: str | Path) -> Path:
-    return Path(run_dir) / CALIBRATION_FILE
+    from attnmel.train.rundir import RunDir
+
+    return RunDir(run_dir).calibration_file
 
 
 def scale_probs(probs: np.ndarray, temperature: float) -> np.ndarray:
