@@ -2,7 +2,8 @@
 
 The run is opened on its device (:func:`attnmel.train.inference.open_run`; ``device`` or ``trainer.accelerator``)
 and its probabilities come from the one scoring function, :func:`attnmel.train.inference.score_loader` (so a
-``model.svm`` run shows the fused probabilities, as in ``metrics.json`` and the report).
+``model.svm`` run shows the fused probabilities, as in ``metrics.json`` and the report), scaled by the run's
+temperature where it was kept (:mod:`attnmel.train.calibration`), as ``predictions.csv`` and the report are.
 Maps come from :func:`attnmel.explain.attributions.explain_batch`, the report's implementation: the attention
 maps (class-agnostic), Grad-CAM, and CAM for VGG-16-GAP, the class-specific ones explaining
 :data:`~attnmel.explain.attributions.DEFAULT_TARGET` (each image's predicted class) as in the report. Overlays are
@@ -35,6 +36,7 @@ def predict_images(run_dir: str | Path, images: list[Path], overlay_dir: Path | 
     from attnmel.data.images import load_image
     from attnmel.explain.attributions import check_target, describe_target
     from attnmel.explain.overlay import check_overlay_side
+    from attnmel.train.calibration import apply_kept, read_calibration
     from attnmel.train.inference import open_run
 
     check_target(target)
@@ -48,6 +50,7 @@ def predict_images(run_dir: str | Path, images: list[Path], overlay_dir: Path | 
     ds = dm.predict_dataset([Path(p) for p in images])
     loader = torch.utils.data.DataLoader(ds, batch_size=batch_size, shuffle=False, num_workers=0)
     probs, targets, maps_all = explain_images(run, loader, target)
+    probs = apply_kept(probs, read_calibration(run.run_dir))  # the run's temperature, as evaluate and the report
     rows: list[dict] = []
     for i in range(probs.shape[0]):
         row = {"image": str(images[i]), **{c: float(p) for c, p in zip(run.class_names, probs[i])}}
