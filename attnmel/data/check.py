@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from attnmel.data.readers import ATTRIBUTES, DATASETS, NUM_CLASSES, SEGMENTATION_ONLY, read_split
+from attnmel.data.readers import ATTRIBUTES, dataset_info, read_split
 from attnmel.data.readers._common import NO_IMAGE, NO_LABEL, check_root
 from attnmel.data.readers.validate import inspect_all
 from attnmel.data.samples import SPLITS
@@ -142,11 +142,10 @@ def check_dataset(dataset: str, root: str | Path, **opts: Any) -> CheckResult:
     A missing or empty root, or an unknown dataset name, raises :class:`AttnMelError`; a problem confined to
     one split (a missing folder, a malformed CSV) is recorded in that split's row instead.
     """
-    if dataset not in DATASETS:
-        raise AttnMelError(f"unknown dataset {dataset!r} (known: {', '.join(DATASETS)})")
+    info = dataset_info(dataset)
     root = check_root(root)
     # The richest class list shows most, but synthetic data has no seborrheic keratoses to show.
-    k = 2 if dataset == "synthetic" else max(NUM_CLASSES[dataset])
+    k = 2 if dataset == "synthetic" else max(info.num_classes)
     opts.pop("validate", None)  # check opens every file itself, collecting rather than stopping
     # The readers' warnings say what the table says; keep the output to the table.
     data_log = logging.getLogger("attnmel.data")
@@ -171,7 +170,7 @@ def render_check(result: CheckResult, console: Any = None) -> None:
     def say(line: str) -> None:
         console.print(line, markup=False, highlight=False, soft_wrap=True)
 
-    labelled = result.dataset not in SEGMENTATION_ONLY
+    labelled = not dataset_info(result.dataset).segmentation_only
     table = Table(title=escape(f"{result.dataset}: {result.root}"))
     table.add_column("split")
     table.add_column("class" if labelled else "")

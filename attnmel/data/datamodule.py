@@ -274,10 +274,10 @@ class AttnMelDataModule(pl.LightningDataModule):
         self.need_masks = key == "mask" if need_masks is None else bool(need_masks)
         self.need_dermo = key == "dermo" if need_dermo is None else bool(need_dermo)
         self.segmentation = cfg.get("task") == "segmentation"
-        from attnmel.data.readers import ATTRIBUTE_DATASETS
+        from attnmel.data.readers import dataset_info
 
         # Segmentation on an attribute dataset learns the five Task 2 masks, not the lesion mask.
-        self.attribute_target = self.segmentation and self.dataset_name in ATTRIBUTE_DATASETS
+        self.attribute_target = self.segmentation and dataset_info(self.dataset_name).attributes
         self.spec = BaseSpec.from_cfg(self.data_cfg)
         self.mean, self.std = normalization_from_cfg(self.data_cfg)
         self.image_size = int(self.data_cfg["image_size"])
@@ -327,11 +327,17 @@ class AttnMelDataModule(pl.LightningDataModule):
             # split is shared by every run, whatever the run's seed.
             self._indexes[split] = read_split(self.dataset_name, self.root, split,
                                               num_classes=int(self.data_cfg["num_classes"]),
-                                              val_fraction=float(self.data_cfg.get("val_fraction", 0.2)),
                                               cache_dir=self.data_cfg.get("cache_dir") or ".cache/attnmel",
-                                              labels_optional=self.segmentation,
-                                              split_file=self.data_cfg.get("split_file"))
+                                              labels_optional=self.segmentation, **self._reader_options())
         return self._indexes[split]
+
+    def _reader_options(self) -> dict[str, Any]:
+        """The reader options the config sets (``data.val_fraction``, ``data.split_file``, ...); one set for a
+        dataset it does not apply to is refused by ``read_split`` in one line naming the key."""
+        from attnmel.config import defaults
+        from attnmel.data.readers import options_from_config
+
+        return options_from_config(self.dataset_name, dict(self.data_cfg), defaults()["data"])
 
     @property
     def class_names(self) -> list[str]:
