@@ -53,12 +53,11 @@ import numpy as np
 from PIL import Image
 
 # Extra test splits (same lesions as `test`, other artefacts): their folder tags belong to the reader.
-from attnmel.data.readers.generated import CONDITIONS, EXTRA_TEST_TAGS
+from attnmel.data.readers.generated import CONDITIONS, EXTRA_TEST_TAGS, MARKER
 from attnmel.data.readers.isic2017 import ISIC2017_TAGS
 from attnmel.errors import AttnMelError, file_error
 from attnmel.io import write_json, write_text
 
-MARKER = "attnmel_synthetic.json"
 TRUTH = "attnmel_synthetic_truth.csv"
 # Written in the ISIC 2017 layout, with its first tag per split (Test_v2 for test).
 SPLIT_TAGS = {split: tags[0] for split, tags in ISIC2017_TAGS.items()}

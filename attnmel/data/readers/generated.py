@@ -15,12 +15,12 @@ from attnmel.errors import file_error
 # The shortcut conditions of a synthetic split; each may also be an extra test split on the test lesions.
 CONDITIONS = ("shortcut", "balanced", "reversed", "absent")
 EXTRA_TEST_TAGS = {f"test_{c}": f"Test_{c.capitalize()}" for c in CONDITIONS}
+# Written last by the generators (complete: true): an interrupted generation is detectable.
+MARKER = "attnmel_synthetic.json"
 
 
 def check_generated(root: str | Path, command: str = "attnmel data synth") -> None:
     """A generated set's folder exists, is not empty, and its generation finished."""
-    from attnmel.data.synthetic import MARKER
-
     root_path = Path(root).expanduser()
     if not root_path.is_dir() or not any(root_path.iterdir()):
         what = "dataset folder is empty" if root_path.is_dir() else "dataset folder not found"

@@ -54,7 +54,7 @@ def test_folder_without_split_draws_one_outside_root(tmp_path):
     before = _listing(root)
     cache = tmp_path / "cache"
     parts = {s: read_split("folder", root, s, cache_dir=cache) for s in ("train", "val", "test")}
-    ids = [set(x.image_id for x in parts[s].samples) for s in parts]
+    ids = [{x.image_id for x in parts[s].samples} for s in parts]
     assert sum(map(len, ids)) == 20 and not (ids[0] & ids[1] or ids[0] & ids[2] or ids[1] & ids[2])
     assert not parts["train"].has_masks
     assert _listing(root) == before  # nothing written into ROOT, even though it is writable
