@@ -38,6 +38,9 @@ def _add_data(sub: argparse._SubParsersAction) -> None:
     c = dsub.add_parser("check", help="verify a download: images, labels and masks per split and class")
     c.add_argument("--dataset", required=True)
     c.add_argument("--root", required=True, type=Path)
+    c.add_argument("--artefact-flags", type=Path, default=None, metavar="PATH",
+                   help="per-image artefact flags (CSV, or Reveal-to-Revise JSON): count them per split and class")
+    c.add_argument("--artefact-masks", type=Path, default=None, metavar="DIR", help="folder of artefact masks")
     st = dsub.add_parser("stats", help="per-channel mean/std of a dataset's training split")
     st.add_argument("--dataset", required=True)
     st.add_argument("--root", required=True, type=Path)
@@ -290,7 +293,8 @@ def _data(args: argparse.Namespace) -> int:
     if args.data_cmd == "check":
         from attnmel.data.check import run_check
 
-        return run_check(args.dataset, args.root)
+        return run_check(args.dataset, args.root, artefact_flags=args.artefact_flags,
+                         artefact_masks=args.artefact_masks)
     if args.data_cmd == "stats":
         from attnmel import config as config_mod
         from attnmel.data.readers import read_split

@@ -12,7 +12,7 @@ import logging
 import os
 import warnings
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import numpy as np
 import torch
@@ -31,6 +31,7 @@ from attnmel.train.rundir import (
     lock_run,
     predictions_path,
     read_checkpoint,
+    read_metrics,
     run_dir_of,
     update_metrics,
 )
@@ -420,10 +421,17 @@ def predict_probs(model: nn.Module, loader, device: str = "cpu", with_features: 
     return (*result, np.concatenate(feats)) if with_features else result
 
 
-def evaluate(run_dir: str | Path, split: str = "test") -> dict:
-    """Score a run on a split: ``metrics.json`` (``classification`` section) and ``predictions.csv``."""
+def evaluate(run_dir: str | Path, split: str = "test", *, overrides: Sequence[str] = (), dataset: str | None = None,
+             root: str | Path | None = None) -> dict:
+    """Score a run on a split: ``metrics.json`` (``classification`` section) and ``predictions.csv``.
+
+    ``overrides``: keys that describe the data (``data.artefact_flags=...``); ``dataset`` + ``root``: score
+    every image of another dataset instead (external validation), under its own name
+    (:mod:`attnmel.train.external`), with the attention maps' Jaccard where it has lesion masks.
+    """
     from attnmel.data.datamodule import AttnMelDataModule
     from attnmel.metrics.classification import classification_metrics, write_predictions_csv
+    from attnmel.train.external import attention_jaccard, data_view, warn_small_images
 
     run = load_run(run_dir)
     if run.cfg.get("task", "classification") == "segmentation":
@@ -437,8 +445,12 @@ def evaluate(run_dir: str | Path, split: str = "test") -> dict:
         scores = evaluate_segmentation(run, split)
         update_metrics(run.run_dir, {"segmentation": scores, "split": split})
         return scores
-    dm = AttnMelDataModule(resolve_mask_source(run.cfg))
+    view = data_view(run.cfg, split, overrides, dataset, root)
+    split = view.split
+    dm = AttnMelDataModule(resolve_mask_source(view.cfg))
     loader = dm.eval_dataloader(split)
+    if view.tag:
+        warn_small_images(dm.index(split).samples, int(view.cfg["data"]["image_size"]), dm.root)
     use_svm = bool(run.cfg["model"].get("svm"))
     ids, probs, labels, *feats = predict_probs(run.model, loader, with_features=use_svm)
     if not ids:
@@ -447,13 +459,35 @@ def evaluate(run_dir: str | Path, split: str = "test") -> dict:
     if use_svm:
         softmax_only = classification_metrics(labels, probs, run.class_names, run.melanoma_index)
         probs = _svm_average(run, dm, probs, feats[0])
-        extra["classification_softmax_only" + ("" if split == "test" else f"_{split}")] = softmax_only
+        extra["classification_softmax_only" + view.suffix()] = softmax_only
     metrics = classification_metrics(labels, probs, run.class_names, run.melanoma_index)
-    suffix = "" if split == "test" else f"_{split}"
-    write_predictions_csv(predictions_path(run.run_dir, split), ids, probs, run.class_names)
-    update_metrics(run.run_dir, {f"classification{suffix}": metrics, "split": split, **extra,
+    suffix = view.suffix()
+    extra.update(_artefact_metrics(view, dm, split, ids, labels, probs, run.melanoma_index))
+    if view.tag:
+        if getattr(loader.dataset, "with_mask", False):
+            metrics["attention_jaccard"] = attention_jaccard(run.model, loader, run.melanoma_index)
+        metrics.update(dataset=view.cfg["data"]["dataset"], root=str(view.cfg["data"]["root"]))
+        extra["external"] = sorted({*(read_metrics(run.run_dir).get("external") or []), view.tag})
+    else:
+        extra["split"] = split
+    write_predictions_csv(predictions_path(run.run_dir, view.tag or split), ids, probs, run.class_names)
+    update_metrics(run.run_dir, {f"classification{suffix}": metrics, **extra,
                                  "checkpoint": str(run.checkpoint.relative_to(run.run_dir))})
     return metrics
+
+
+def _artefact_metrics(view, dm, split: str, ids, labels, probs, mel: int) -> dict:
+    """``artefacts<suffix>``: AUC and mean melanoma probability with / without each flagged artefact, where
+    ``data.artefact_flags`` is set (:mod:`attnmel.metrics.artefacts`)."""
+    flags_path = view.cfg["data"].get("artefact_flags")
+    if not flags_path:
+        return {}
+    from attnmel.data.artefacts import read_flags
+    from attnmel.metrics.artefacts import artefact_stratified
+
+    flags = read_flags(flags_path, [s.image_id for s in dm.index(split).samples])
+    is_mel = np.asarray(labels) == mel
+    return {f"artefacts{view.suffix()}": artefact_stratified(flags, list(ids), is_mel, probs[:, mel])}
 
 
 def evaluate_tests(run_dir: str | Path) -> dict:

@@ -132,6 +132,17 @@ def list_suffixed(folder: Path | None, suffix: str, ext: str) -> dict[str, Path]
     return out
 
 
+def match_id(stem: str, ids: set[str]) -> str | None:
+    """The id a file ``<id>`` or ``<id>_<suffix>`` belongs to (the longest id that fits), or None."""
+    if stem in ids:
+        return stem
+    cut = len(stem)
+    while (cut := stem.rfind("_", 0, cut)) > 0:
+        if stem[:cut] in ids:
+            return stem[:cut]
+    return None
+
+
 @dataclass
 class CsvTable:
     """Rows of a CSV as dicts, with the 1-based line number of each row for error messages."""

@@ -26,6 +26,7 @@ from attnmel.data.readers._common import (
     find_dir,
     find_file,
     list_images,
+    match_id,
     read_table,
     unique_ids,
 )
@@ -110,17 +111,6 @@ def list_masks(folder: Path | None, ids) -> dict[str, Path]:
                 raise file_error(Path(entry.path), f"a second mask for image {key} (also {out[key].name})")
             out[key] = Path(entry.path)
     return out
-
-
-def match_id(stem: str, ids: set[str]) -> str | None:
-    """The id a file ``<id>`` or ``<id>_<suffix>`` belongs to (the longest id that fits), or None."""
-    if stem in ids:
-        return stem
-    cut = len(stem)
-    while (cut := stem.rfind("_", 0, cut)) > 0:
-        if stem[:cut] in ids:
-            return stem[:cut]
-    return None
 
 
 def draw_split(root: Path, labels: dict[str, int], source: Path, fractions: dict[str, float], seed: int,
