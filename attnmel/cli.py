@@ -83,6 +83,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     e = sub.add_parser("evaluate", help="score a run on a split: metrics.json and predictions.csv")
     e.add_argument("run_dir", type=Path)
+    _add_external(e)
     e.add_argument("--split", default="test",
                    help="train, val or test; a synthetic set also has its extra test splits (test_reversed, ...)")
 
@@ -95,6 +96,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     r = sub.add_parser("report", help="HTML attention-quality report of a run")
     r.add_argument("run_dir", type=Path)
+    _add_external(r)
     r.add_argument("--split", default="test", choices=["val", "test"])
     r.add_argument("--ig", action="store_true", help="also compute Integrated Gradients (slow)")
     r.add_argument("--limit", type=int, default=None, help="use at most this many images")
@@ -129,12 +131,20 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _add_external(p: argparse.ArgumentParser) -> None:
+    """evaluate / report: another dataset to score (external validation) and keys that describe the data."""
+    p.add_argument("--dataset", default=None, help="score every image of another dataset (e.g. folder) ...")
+    p.add_argument("--root", type=Path, default=None, help="... in this folder; results under their own name")
+    p.add_argument("overrides", nargs="*", help="keys that describe the data, e.g. data.artefact_flags=PATH "
+                                                "data.artefact_masks=DIR data.label_column=dx")
+
+
 def _split_run_dir(out: Path) -> list[str]:
     return [f"out_dir={out.parent}", f"name={out.name}"]
 
 
 # Subcommands whose positional ``overrides`` may come after options (`sweep FILE --dataset d key=value`).
-TAKES_OVERRIDES = ("train", "sweep", "demo")
+TAKES_OVERRIDES = ("train", "sweep", "demo", "evaluate", "report")
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -212,7 +222,7 @@ def dispatch(args: argparse.Namespace) -> int | None:
     if args.cmd == "evaluate":
         from attnmel.train.run import evaluate
 
-        m = evaluate(args.run_dir, args.split)
+        m = evaluate(args.run_dir, args.split, overrides=args.overrides, dataset=args.dataset, root=args.root)
         print(_format_metrics(m))
         return 0
     if args.cmd == "predict":
@@ -225,7 +235,8 @@ def dispatch(args: argparse.Namespace) -> int | None:
         from attnmel.report.build import build_report
 
         path = build_report(args.run_dir, split=args.split, integrated_gradients=args.ig, limit=args.limit,
-                            overlay_size=args.overlay_size)
+                            overlay_size=args.overlay_size, overrides=args.overrides, dataset=args.dataset,
+                            root=args.root)
         print(f"report: {path}")
         return 0
     if args.cmd == "sweep":
