@@ -137,9 +137,11 @@ def _read_json(path: Path) -> ArtefactFlags:
     return ArtefactFlags(path, names, flags, complete=True)
 
 
-def list_artefact_masks(folder: str | Path, image_ids: Iterable[str] | None = None) -> dict[str, Path]:
+def list_artefact_masks(folder: str | Path, image_ids: Iterable[str] | None = None,
+                        require: bool = True) -> dict[str, Path]:
     """Artefact masks by image id: ``<id>.png`` or ``<id>_<suffix>.png`` (``_downsampled`` dropped first).
-    With ``image_ids``, masks of other images are left out, and none matching is a one-line error."""
+    With ``image_ids``, masks of other images are left out, and (``require``) none matching is a one-line
+    error."""
     folder = Path(folder).expanduser()
     if not folder.is_dir():
         raise file_error(folder, "artefact mask folder not found")
@@ -151,7 +153,7 @@ def list_artefact_masks(folder: str | Path, image_ids: Iterable[str] | None = No
         key = stem if wanted is None else match_id(stem, wanted)
         if key is not None:
             out.setdefault(key, folder / name)
-    if wanted is not None and not out:
+    if wanted is not None and not out and require:
         raise file_error(folder, f"0 of {len(names)} masks matched an image of the dataset")
     return out
 

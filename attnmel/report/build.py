@@ -34,6 +34,7 @@ from attnmel.explain.attributions import DEFAULT_TARGET
 from attnmel.explain.methods import method_label, short_label
 from attnmel.explain.overlay import DEFAULT_OVERLAY_SIDE
 from attnmel.io import atomic_dir, write_text
+from attnmel.report.real_artefacts import real_artefact_section
 from attnmel.report.render import template_env
 
 log = logging.getLogger("attnmel.report")
@@ -81,11 +82,24 @@ class Inputs:
     used: Any  # the dataset the report iterates (the split, or its first ``limit`` items)
     has_masks: bool
     load_s: float = 0.0
+    view: Any = None  # attnmel.train.external.DataView: the data scored and the name results go under
+    own_cfg: dict = field(default_factory=dict)  # the run's own config (before overrides / external data)
+
+    @property
+    def suffix(self) -> str:
+        return self.view.suffix(self.split) if self.view is not None else ("" if self.split == "test" else
+                                                                            f"_{self.split}")
 
 
-def open_split(run_dir: str | Path, split: str, limit: int | None) -> Inputs:
-    """Load the run (best checkpoint) and its split's eval dataset; one-line errors for bad arguments."""
+def open_split(run_dir: str | Path, split: str, limit: int | None, overrides: Sequence[str] = (),
+               dataset: str | None = None, root: str | Path | None = None) -> Inputs:
+    """Load the run (best checkpoint) and its split's eval dataset; one-line errors for bad arguments.
+    ``overrides``/``dataset``/``root``: keys that describe the data, or external data
+    (:func:`attnmel.train.external.data_view`)."""
+    import dataclasses
+
     from attnmel.data.datamodule import AttnMelDataModule
+    from attnmel.train.external import data_view
     from attnmel.train.run import load_run
 
     t0 = time.perf_counter()
@@ -97,13 +111,21 @@ def open_split(run_dir: str | Path, split: str, limit: int | None) -> Inputs:
     run = load_run(run_dir)
     if run.cfg.get("task", "classification") != "classification":
         raise file_error(run_dir, "a segmentation run: the attention report needs a classifier run")
-    dm = AttnMelDataModule(run.cfg, progress=False)
+    own_cfg = run.cfg
+    view = data_view(run.cfg, split, overrides, dataset, root)
+    run, split = dataclasses.replace(run, cfg=view.cfg), view.split
+    dm = AttnMelDataModule(view.cfg, progress=False)
     ds = dm.dataset(split, train=False)  # the eval transform, one item per image, even for "train"
     if len(ds) == 0:
         raise file_error(dm.root, f"split '{split}' has no images")
     used = _Head(ds, limit) if limit and limit < len(ds) else ds
+    if view.tag:
+        from attnmel.train.external import warn_small_images
+
+        warn_small_images(dm.index(split).samples, int(view.cfg["data"]["image_size"]), dm.root)
     return Inputs(run_dir=run_dir, split=split, limit=limit, run=run, dm=dm, n_split=len(ds), used=used,
-                  has_masks=bool(getattr(ds, "with_mask", False)), load_s=time.perf_counter() - t0)
+                  has_masks=bool(getattr(ds, "with_mask", False)), load_s=time.perf_counter() - t0, view=view,
+                  own_cfg=own_cfg)
 
 
 # -- step 1: one pass over the split: predictions, maps, scores --------------------------------------------
@@ -459,14 +481,17 @@ def build_report(run_dir: str | Path, split: str = "test", integrated_gradients:
                  limit: int | None = None, *, reports_root: Path | None = Path("reports"),
                  runs_roots: Sequence[Path] = (Path("runs"), Path("sweeps")),
                  gallery_size: int = GALLERY_SIZE, overlay_size: int | None = DEFAULT_OVERLAY_SIDE,
-                 target: str | int = DEFAULT_TARGET, checks_options: dict[str, int] | None = None) -> Path:
+                 target: str | int = DEFAULT_TARGET, checks_options: dict[str, int] | None = None,
+                 overrides: Sequence[str] = (), dataset: str | None = None, root: str | Path | None = None) -> Path:
     """Write ``RUN_DIR/report/index.html`` (+ ``figures/``) and the ``attention`` section of metrics.json.
 
     ``limit``: use the split's first ``limit`` images. ``reports_root``: where ``index.html`` listing all
     runs is rebuilt (None: not rebuilt). ``overlay_size``: long side of the gallery panels in pixels (None: the
     original's resolution). ``target``: the class the Grad-CAM/CAM/IG maps explain. ``checks_options``: sizes of
     the checks beyond overlap (:func:`attnmel.report.checks.explanation_checks`: ``faithfulness_images``,
-    ``faithfulness_steps``, ``randomisation_images``, ``randomisation_stages``). Returns the report's path.
+    ``faithfulness_steps``, ``randomisation_images``, ``randomisation_stages``). ``overrides``: keys that
+    describe the data (``data.artefact_flags=...``); ``dataset`` + ``root``: report on external data, written to
+    ``RUN_DIR/report_external_<dataset>_<folder>/``. Returns the report's path.
     """
     from attnmel.explain.attributions import check_target
     from attnmel.explain.overlay import check_overlay_side
@@ -474,16 +499,21 @@ def build_report(run_dir: str | Path, split: str = "test", integrated_gradients:
     t_start = time.perf_counter()
     check_target(target)
     check_overlay_side(overlay_size)
-    inp = open_split(run_dir, split, limit)
+    inp = open_split(run_dir, split, limit, overrides, dataset, root)
     c = collect(inp, integrated_gradients, target)
     s = score(inp, c)
     gallery = select_gallery(c, s, inp.has_masks, gallery_size)
     attention = attention_section(inp, c, s, gallery, target)
     timings = {"load": inp.load_s, **c.timings, "classification": s.seconds}
-    report_dir = inp.run_dir / "report"
+    report_dir = inp.run_dir / (f"report_{inp.view.tag}" if inp.view.tag else "report")
     with atomic_dir(report_dir) as out_dir:  # the previous report stays whole until this block has finished
         checks = run_checks(inp, c, s, out_dir / "figures", integrated_gradients, checks_options)
         attention.update(checks.metrics)
+        t0 = time.perf_counter()
+        real_metrics, real_ctx = real_artefact_section(inp, c, s, inp.own_cfg)
+        if real_metrics:
+            attention["artefacts_real"] = real_metrics
+            timings["real artefacts and counterfactuals"] = time.perf_counter() - t0
         timings.update(checks.timings)
         t0 = time.perf_counter()
         figs, drawn = draw(out_dir, inp, c, s, gallery, gallery_size, overlay_size, checks.gallery[:gallery_size])
@@ -493,6 +523,7 @@ def build_report(run_dir: str | Path, split: str = "test", integrated_gradients:
                            integrated_gradients=integrated_gradients, gallery_size=gallery_size,
                            timings={**timings, "total before writing the page": time.perf_counter() - t_start},
                            checks=checks)
+        ctx["real"] = real_ctx
         write_text(out_dir / "index.html", render_page(ctx))
         timings["render"] = time.perf_counter() - t0
     path = report_dir / "index.html"
@@ -521,7 +552,7 @@ def _write_metrics(inp: Inputs, s: Scores, attention: dict[str, Any], path: Path
                    timings: dict[str, float]) -> None:
     from attnmel.train.rundir import update_metrics
 
-    suffix = "" if inp.split == "test" else f"_{inp.split}"
+    suffix = inp.suffix
     update_metrics(inp.run_dir, {f"attention{suffix}": attention,
                                  f"report{suffix}": {"path": _rel(path, inp.run_dir), "n_images": len(s.labels),
                                                      "integrated_gradients": integrated_gradients,
