@@ -17,9 +17,10 @@ import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable
+from typing import Any, Iterable
 
 import numpy as np
+import torch
 
 from attnmel.data.readers._common import match_id
 from attnmel.errors import file_error
@@ -184,3 +185,93 @@ def counts_by(flags: ArtefactFlags, samples: Iterable, class_names: list[str]) -
             for a in flags.names:
                 c[a] += row[a]
     return out
+
+
+# -- cut-outs: real artefacts cut from their images and pasted onto others (counterfactuals, augmentation) --
+# Where no lesion mask exists, this centred disk (radius as a share of the side) stands for the lesion: ISIC
+# images are centred on it.
+CENTRE_RADIUS = 0.3
+
+
+@dataclass
+class Cutout:
+    """An artefact's pixels (3, h, w), normalised like the network's input, and its mask (h, w) bool."""
+
+    pixels: torch.Tensor
+    mask: torch.Tensor
+    source: str  # the image it was cut from
+
+
+def cutout(image: torch.Tensor, mask: np.ndarray | torch.Tensor, source: str) -> Cutout | None:
+    """The bounding box of ``mask`` cut from ``image`` (3, H, W); None where the mask is empty."""
+    m = torch.as_tensor(np.asarray(mask), dtype=torch.bool)
+    if not m.any():
+        return None
+    ys, xs = torch.nonzero(m, as_tuple=True)
+    y0, y1, x0, x1 = int(ys.min()), int(ys.max()) + 1, int(xs.min()), int(xs.max()) + 1
+    return Cutout(image[:, y0:y1, x0:x1].clone(), m[y0:y1, x0:x1].clone(), source)
+
+
+def centre_disk(h: int, w: int, radius: float = CENTRE_RADIUS) -> torch.Tensor:
+    """A centred disk (h, w) bool: the stand-in lesion where an image has no mask."""
+    yy, xx = torch.meshgrid(torch.arange(h), torch.arange(w), indexing="ij")
+    return (yy - (h - 1) / 2) ** 2 + (xx - (w - 1) / 2) ** 2 <= (radius * min(h, w)) ** 2
+
+
+def paste(image: torch.Tensor, lesion: torch.Tensor, cut: Cutout, rng: np.random.Generator,
+          tries: int = 50) -> tuple[torch.Tensor, torch.Tensor]:
+    """``image`` (3, H, W) with ``cut`` pasted at a random place outside ``lesion`` (H, W) bool, and the mask of
+    the pixels that changed: the cut-out's mask, less any lesion pixel (a place clear of the lesion is tried
+    ``tries`` times, then the least overlapping one is used)."""
+    _, H, W = image.shape
+    pm = cut.mask
+    h, w = min(pm.shape[0], H), min(pm.shape[1], W)
+    pm, px = pm[:h, :w], cut.pixels[:, :h, :w]
+    best, best_overlap = (0, 0), None
+    for _ in range(tries):
+        y, x = int(rng.integers(0, H - h + 1)), int(rng.integers(0, W - w + 1))
+        overlap = int((pm & lesion[y:y + h, x:x + w]).sum())
+        if best_overlap is None or overlap < best_overlap:
+            best, best_overlap = (y, x), overlap
+        if overlap == 0:
+            break
+    y, x = best
+    changed = torch.zeros(H, W, dtype=torch.bool)
+    changed[y:y + h, x:x + w] = pm & ~lesion[y:y + h, x:x + w]
+    out = image.clone()
+    region = out[:, y:y + h, x:x + w]
+    keep = changed[y:y + h, x:x + w]
+    region[:, keep] = px[:, keep]
+    return out, changed
+
+
+def network_mask(path: str | Path, image_path: str | Path, spec: Any, image_size: int) -> np.ndarray:
+    """An artefact mask of an original image through the eval geometry (base crop + resize, centre
+    ``image_size`` crop): bool (S, S), aligned with the network's input of that image."""
+    from attnmel.data.images import image_size as size_of
+    from attnmel.data.transforms import base_mask
+
+    w, h = size_of(image_path)
+    base = base_mask(load_artefact_mask(path, (h, w)), (w, h), spec)
+    off = int(round((base.shape[0] - image_size) / 2.0))
+    return base[off:off + image_size, off:off + image_size] > 0
+
+
+class ArtefactPaster:
+    """Artefact augmentation (``data.artefact_augment``): with probability ``share`` a training image gets one
+    real artefact cut-out pasted at a random place outside its lesion (the batch's mask, or the centred disk),
+    on both classes alike, so that the artefact stops predicting the label."""
+
+    def __init__(self, cuts: list[Cutout], share: float) -> None:
+        self.cuts, self.share = list(cuts), float(share)
+
+    def __call__(self, image: torch.Tensor, lesion: torch.Tensor | None,
+                 generator: torch.Generator | None) -> torch.Tensor:
+        seed = int(torch.randint(0, 2**31 - 1, (1,), generator=generator))
+        rng = np.random.default_rng(seed)
+        if not self.cuts or rng.random() >= self.share:
+            return image
+        if lesion is None:
+            lesion = centre_disk(image.shape[-2], image.shape[-1])
+        cut = self.cuts[int(rng.integers(0, len(self.cuts)))]
+        return paste(image, lesion, cut, rng)[0]

@@ -135,8 +135,9 @@ class AttnMelDataset(Dataset):
     def __init__(self, index: DatasetIndex, source: PreprocessCache | DecodeSource,
                  transform: TrainTransform | EvalTransform, rows: Sequence[int] | None = None,
                  with_mask: bool = False, with_dermo: bool = False, seed: int = 0,
-                 with_artefact: bool = False, with_attributes: int = 0) -> None:
+                 with_artefact: bool = False, with_attributes: int = 0, paster: Any = None) -> None:
         self.index, self.source, self.transform = index, source, transform
+        self.paster = paster  # attnmel.data.artefacts.ArtefactPaster (data.artefact_augment) or None
         self.rows = np.asarray(rows if rows is not None else range(len(index.samples)), dtype=np.int64)
         self.with_mask, self.with_dermo, self.with_artefact = with_mask, with_dermo, with_artefact
         self.with_attributes = int(with_attributes)  # how many attribute masks the batch carries (0: none)
@@ -177,6 +178,9 @@ class AttnMelDataset(Dataset):
         if self.with_attributes:
             masks["attributes"] = unpack_attributes(self.source.attributes(i), self.with_attributes)
         out = self.transform(img, masks, generator=gen)
+        if self.paster is not None:
+            lesion = out["mask"][0] > 0.5 if "mask" in out else None
+            out["image"] = self.paster(out["image"], lesion, gen)
         sample = self.index.samples[i]
         out["label"] = torch.tensor(sample.label, dtype=torch.long)
         out["image_id"] = sample.image_id
@@ -411,11 +415,36 @@ class AttnMelDataModule(pl.LightningDataModule):
                 raise file_error(self.root, f"dataset '{self.dataset_name}' {split}: every image needs its "
                                             "attribute masks for attribute segmentation")
             with_attributes = len(index.samples[0].attributes)
+        paster = self._artefact_paster(split) if train and float(self.data_cfg.get("artefact_augment") or 0) else None
         ds = AttnMelDataset(index, source, transform, rows, with_mask=with_mask, with_dermo=with_dermo,
                             seed=self.seed + (0 if train else 1), with_artefact=with_artefact,
-                            with_attributes=with_attributes)
+                            with_attributes=with_attributes, paster=paster)
         self._datasets[name] = ds
         return ds
+
+    def _artefact_paster(self, split: str) -> Any:
+        """``data.artefact_augment``: the cut-outs of every ``split`` image with a (non-empty) artefact mask in
+        ``data.artefact_masks``, cut through the eval geometry (:class:`~attnmel.data.artefacts.ArtefactPaster`)."""
+        from attnmel.data.artefacts import ArtefactPaster, cutout, list_artefact_masks, network_mask
+
+        folder = self.data_cfg.get("artefact_masks")
+        if not folder:
+            raise AttnMelError("config: data.artefact_augment needs data.artefact_masks (the artefacts to paste)")
+        index = self.index(split)
+        masks = list_artefact_masks(folder, [s.image_id for s in index.samples])
+        plain = self.dataset(split, train=False)
+        cuts = []
+        for k, s in enumerate(index.samples):
+            if s.image_id in masks:
+                cut = cutout(plain[k]["image"], network_mask(masks[s.image_id], s.image, self.spec, self.image_size),
+                             s.image_id)
+                if cut is not None:
+                    cuts.append(cut)
+        if not cuts:
+            raise file_error(Path(folder), f"no artefact to paste: every mask of a {split} image is empty")
+        log.info("artefact augmentation: %d cut-outs from %s, on %.0f %% of training images", len(cuts), folder,
+                 100 * float(self.data_cfg["artefact_augment"]))
+        return ArtefactPaster(cuts, float(self.data_cfg["artefact_augment"]))
 
     def require_masks(self, key: str, reason: str | None = None, split: str = "train") -> None:
         """Raise a one-line error unless ``split``'s batches carry ``key`` ("mask"/"lesion"/"background" or

@@ -13,7 +13,6 @@ Both work on the network's input (normalised tensors, after the run's geometry),
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Iterable, Sequence
 
 import numpy as np
@@ -21,64 +20,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+# The cut-outs and their pasting are the data layer's (artefact augmentation in training uses them too).
+from attnmel.data.artefacts import Cutout, centre_disk, cutout, paste  # noqa: F401
+
 # The operating threshold on the melanoma probability (the argmax of a binary head).
 THRESHOLD = 0.5
-# Where no lesion mask exists, this centred disk (radius as a share of the side) stands for the lesion: ISIC
-# images are centred on it.
-CENTRE_RADIUS = 0.3
 RING_PX = 5  # width of the skin ring whose mean colour replaces the lesion
-
-
-@dataclass
-class Cutout:
-    """An artefact's pixels (3, h, w), normalised like the network's input, and its mask (h, w) bool."""
-
-    pixels: torch.Tensor
-    mask: torch.Tensor
-    source: str  # the image it was cut from
-
-
-def cutout(image: torch.Tensor, mask: np.ndarray | torch.Tensor, source: str) -> Cutout | None:
-    """The bounding box of ``mask`` cut from ``image`` (3, H, W); None where the mask is empty."""
-    m = torch.as_tensor(np.asarray(mask), dtype=torch.bool)
-    if not m.any():
-        return None
-    ys, xs = torch.nonzero(m, as_tuple=True)
-    y0, y1, x0, x1 = int(ys.min()), int(ys.max()) + 1, int(xs.min()), int(xs.max()) + 1
-    return Cutout(image[:, y0:y1, x0:x1].clone(), m[y0:y1, x0:x1].clone(), source)
-
-
-def centre_disk(h: int, w: int, radius: float = CENTRE_RADIUS) -> torch.Tensor:
-    """A centred disk (h, w) bool: the stand-in lesion where an image has no mask."""
-    yy, xx = torch.meshgrid(torch.arange(h), torch.arange(w), indexing="ij")
-    return (yy - (h - 1) / 2) ** 2 + (xx - (w - 1) / 2) ** 2 <= (radius * min(h, w)) ** 2
-
-
-def paste(image: torch.Tensor, lesion: torch.Tensor, cut: Cutout, rng: np.random.Generator,
-          tries: int = 50) -> tuple[torch.Tensor, torch.Tensor]:
-    """``image`` (3, H, W) with ``cut`` pasted at a random place outside ``lesion`` (H, W) bool, and the mask of
-    the pixels that changed: the cut-out's mask, less any lesion pixel (a place clear of the lesion is tried
-    ``tries`` times, then the least overlapping one is used)."""
-    _, H, W = image.shape
-    pm = cut.mask
-    h, w = min(pm.shape[0], H), min(pm.shape[1], W)
-    pm, px = pm[:h, :w], cut.pixels[:, :h, :w]
-    best, best_overlap = (0, 0), None
-    for _ in range(tries):
-        y, x = int(rng.integers(0, H - h + 1)), int(rng.integers(0, W - w + 1))
-        overlap = int((pm & lesion[y:y + h, x:x + w]).sum())
-        if best_overlap is None or overlap < best_overlap:
-            best, best_overlap = (y, x), overlap
-        if overlap == 0:
-            break
-    y, x = best
-    changed = torch.zeros(H, W, dtype=torch.bool)
-    changed[y:y + h, x:x + w] = pm & ~lesion[y:y + h, x:x + w]
-    out = image.clone()
-    region = out[:, y:y + h, x:x + w]
-    keep = changed[y:y + h, x:x + w]
-    region[:, keep] = px[:, keep]
-    return out, changed
 
 
 def remove_lesion(image: torch.Tensor, lesion: torch.Tensor, ring: int = RING_PX) -> torch.Tensor:

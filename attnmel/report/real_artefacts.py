@@ -68,18 +68,6 @@ def _flag_figures(inp: Any, c: Any, s: Any, is_mel: np.ndarray, p_mel: np.ndarra
     return out
 
 
-def _network_mask(path: Path, sample: Any, spec: Any, image_size: int) -> np.ndarray:
-    """An artefact mask of ``sample``'s original image, through the run's eval geometry: bool (S, S)."""
-    from attnmel.data.artefacts import load_artefact_mask
-    from attnmel.data.images import image_size as size_of
-    from attnmel.data.transforms import base_mask
-
-    w, h = size_of(sample.image)
-    base = base_mask(load_artefact_mask(path, (h, w)), (w, h), spec)
-    off = int(round((base.shape[0] - image_size) / 2.0))
-    return base[off:off + image_size, off:off + image_size] > 0
-
-
 def _mask_figures(inp: Any, c: Any, s: Any, own_cfg: dict, p_mel: np.ndarray) -> dict[str, Any]:
     from attnmel.data.artefacts import list_artefact_masks
 
@@ -99,6 +87,7 @@ def _mask_figures(inp: Any, c: Any, s: Any, own_cfg: dict, p_mel: np.ndarray) ->
 
 def _mass_on_masks(inp: Any, c: Any, masks: dict[str, Path]) -> dict[str, Any]:
     """Mean share of each map's mass (and peak) on the artefact, over the evaluated images with a mask."""
+    from attnmel.data.artefacts import network_mask
     from attnmel.explain.artefacts import artefact_scores
     from attnmel.metrics.bootstrap import mean_ci
 
@@ -108,7 +97,7 @@ def _mass_on_masks(inp: Any, c: Any, masks: dict[str, Path]) -> dict[str, Any]:
     for k, iid in enumerate(c.ids):
         if iid not in masks:
             continue
-        am = _network_mask(masks[iid], samples[iid], inp.dm.spec, size)
+        am = network_mask(masks[iid], samples[iid].image, inp.dm.spec, size)
         for method, m in c.maps[k].items():
             rows.setdefault(method, []).append(artefact_scores(np.asarray(m, dtype=np.float32), am))
     return {m: {"n_images": len(r), "share": mean_ci([x["artefact_share"] for x in r]),
@@ -117,7 +106,7 @@ def _mass_on_masks(inp: Any, c: Any, masks: dict[str, Path]) -> dict[str, Any]:
 
 def _cutouts(inp: Any, own_cfg: dict, folder: str | Path, evaluated: set[str]) -> list:
     """Cut-outs of every artefact mask whose image is in the run's own dataset and not evaluated here."""
-    from attnmel.data.artefacts import list_artefact_masks
+    from attnmel.data.artefacts import list_artefact_masks, network_mask
     from attnmel.data.datamodule import AttnMelDataModule
     from attnmel.errors import AttnMelError
     from attnmel.explain.counterfactuals import cutout
@@ -137,7 +126,8 @@ def _cutouts(inp: Any, own_cfg: dict, folder: str | Path, evaluated: set[str]) -
         ds = dm.dataset(split, train=False)
         for k in wanted:
             sample = index.samples[k]
-            cut = cutout(ds[k]["image"], _network_mask(masks[sample.image_id], sample, dm.spec, size), sample.image_id)
+            cut = cutout(ds[k]["image"], network_mask(masks[sample.image_id], sample.image, dm.spec, size),
+                         sample.image_id)
             if cut is not None:
                 cuts.append(cut)
     return cuts

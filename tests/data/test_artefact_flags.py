@@ -90,3 +90,47 @@ def test_real_flag_files_agree_with_the_sources_counts():
         set(json.loads((artefacts_root / "reveal2revise_artifacts_isic.json").read_text())["band_aid"]))
     masks = list_artefact_masks(artefacts_root / "reveal2revise_bandaid_masks")
     assert len(masks) == 36
+
+
+def test_artefact_paster_pastes_on_the_given_share():
+    import torch
+
+    from attnmel.data.artefacts import ArtefactPaster, Cutout
+
+    cut = Cutout(torch.full((3, 4, 4), 9.0), torch.ones(4, 4, dtype=torch.bool), "src")
+    img = torch.zeros(3, 32, 32)
+    lesion = torch.zeros(32, 32, dtype=torch.bool)
+    lesion[8:24, 8:24] = True
+    gen = torch.Generator().manual_seed(0)
+    always = [ArtefactPaster([cut], 1.0)(img, lesion, gen) for _ in range(20)]
+    assert all(int((x[0] == 9).sum()) == 16 and not (x[0][lesion] == 9).any() for x in always)
+    never = ArtefactPaster([cut], 0.0)(img, lesion, gen)
+    assert torch.equal(never, img)
+    half = sum(bool((ArtefactPaster([cut], 0.5)(img, None, gen) == 9).any()) for _ in range(200))
+    assert 70 < half < 130
+
+
+def test_training_items_carry_pasted_artefacts(synthetic_factory, tmp_path):
+    from attnmel import config as config_mod
+    from attnmel.data.datamodule import AttnMelDataModule
+
+    root = synthetic_factory(n=48, size=64, spurious=True)
+    cfg = config_mod.defaults()
+    cfg["data"].update(dataset="synthetic", root=str(root), image_size=64, resize=64, num_workers=0, cache=False,
+                       cache_dir=str(tmp_path / "c"), oversample=1)
+    plain = AttnMelDataModule(cfg).dataset("train")
+    cfg["data"].update(artefact_augment=1.0,
+                       artefact_masks=str(next(root.glob("ISIC-2017_Training_Artefact_GroundTruth"))))
+    dm = AttnMelDataModule(cfg)
+    aug = dm.dataset("train")
+    assert aug.paster is not None and len(aug.paster.cuts) > 0
+    changed = sum(not torch_equal(plain[k]["image"], aug[k]["image"]) for k in range(len(aug)))
+    assert changed == len(aug)  # share 1.0: every training image gets a cut-out
+    assert torch_equal(dm.dataset("val")[0]["image"], AttnMelDataModule({**cfg, "data": {
+        **cfg["data"], "artefact_augment": 0.0}}).dataset("val")[0]["image"])  # never on evaluation
+
+
+def torch_equal(a, b) -> bool:
+    import torch
+
+    return bool(torch.equal(a, b))
