@@ -54,12 +54,13 @@ def read(root: str | Path, split: str, num_classes: int = 2, val_fraction: float
     images = list_images(image_dir)
     labels, splits = read_labels(labels_csv, label_column, positive_class)
     masks = list_masks(find_dir(root, ["masks"]), labels.keys())
+    # Images labels.csv does not list belong to no split; reported once, with train (or all).
+    unlabelled = images.keys() - labels.keys() if split in ("train", ALL) else set()
     if split != ALL:
         if splits is None:
             splits = draw_split(root, labels, labels_csv, check_fractions(val_fraction, test_fraction), int(seed),
                                 cache_dir)
         labels = {k: v for k, v in labels.items() if splits[k] == split}
-    unlabelled = images.keys() - labels.keys() if split in ("train", ALL) else set()
     return assemble("folder", split, BINARY_CLASSES, labels, images, labels_csv, image_dir, masks=masks,
                     unlabelled=unlabelled)
 

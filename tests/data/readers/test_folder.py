@@ -56,7 +56,7 @@ def test_folder_without_split_draws_one_outside_root(tmp_path):
     parts = {s: read_split("folder", root, s, cache_dir=cache) for s in ("train", "val", "test")}
     ids = [{x.image_id for x in parts[s].samples} for s in parts]
     assert sum(map(len, ids)) == 20 and not (ids[0] & ids[1] or ids[0] & ids[2] or ids[1] & ids[2])
-    assert not parts["train"].has_masks
+    assert not parts["train"].has_masks and not parts["train"].skipped  # val/test images are not "unlabelled"
     assert _listing(root) == before  # nothing written into ROOT, even though it is writable
     assert list(cache.rglob("attnmel_splits.csv"))
     again = read_split("folder", root, "val", cache_dir=cache)
