@@ -41,6 +41,8 @@ def _add_data(sub: argparse._SubParsersAction) -> None:
     c.add_argument("--artefact-flags", type=Path, default=None, metavar="PATH",
                    help="per-image artefact flags (CSV, or Reveal-to-Revise JSON): count them per split and class")
     c.add_argument("--artefact-masks", type=Path, default=None, metavar="DIR", help="folder of artefact masks")
+    c.add_argument("--label-column", default=None, help="folder: the diagnosis column of labels.csv ...")
+    c.add_argument("--positive-class", default=None, help="... and its value that means melanoma")
     st = dsub.add_parser("stats", help="per-channel mean/std of a dataset's training split")
     st.add_argument("--dataset", required=True)
     st.add_argument("--root", required=True, type=Path)
@@ -224,6 +226,8 @@ def dispatch(args: argparse.Namespace) -> int | None:
 
         m = evaluate(args.run_dir, args.split, overrides=args.overrides, dataset=args.dataset, root=args.root)
         print(_format_metrics(m))
+        if m.get("attention_jaccard"):  # external data with lesion masks
+            print("attention jaccard: " + "  ".join(f"{k}={v:.4f}" for k, v in m["attention_jaccard"].items()))
         return 0
     if args.cmd == "predict":
         from attnmel.train.predict import predict_images
@@ -304,8 +308,10 @@ def _data(args: argparse.Namespace) -> int:
     if args.data_cmd == "check":
         from attnmel.data.check import run_check
 
+        folder_opts = {k: v for k, v in (("label_column", args.label_column),
+                                         ("positive_class", args.positive_class)) if v is not None}
         return run_check(args.dataset, args.root, artefact_flags=args.artefact_flags,
-                         artefact_masks=args.artefact_masks)
+                         artefact_masks=args.artefact_masks, **folder_opts)
     if args.data_cmd == "stats":
         from attnmel import config as config_mod
         from attnmel.data.readers import read_split
