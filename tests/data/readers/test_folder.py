@@ -93,3 +93,20 @@ def test_folder_bad_input(tmp_path):
     with pytest.raises(AttnMelError) as e:
         read_split("folder", root, "all")
     assert "OTHER_9.png" in _one_line(e) and "unknown image" in str(e.value)
+
+
+def test_a_run_config_reads_a_folder_dataset(tmp_path):
+    from attnmel import config as config_mod
+    from attnmel.data.datamodule import AttnMelDataModule
+
+    root = make_folder(tmp_path / "d", split=True, diagnosis=True)
+    cfg = config_mod.defaults()
+    cfg["data"].update(dataset="folder", root=str(root), image_size=32, resize=32, num_workers=0, cache=False,
+                       label_column="dx", positive_class="MEL", oversample=1)
+    dm = AttnMelDataModule(cfg)
+    batch = next(iter(dm.eval_dataloader("test")))
+    assert batch["image"].shape[-2:] == (32, 32) and "mask" in batch
+    assert batch["label"].tolist() == [int(int(i[4:]) % 3 == 0) for i in batch["image_id"]]
+    cfg["data"].update(split_file="s.csv")  # not an option of the folder dataset: refused by name
+    with pytest.raises(AttnMelError, match="data.split_file does not apply to dataset folder"):
+        AttnMelDataModule(cfg).index("train")
