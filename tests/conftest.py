@@ -246,3 +246,56 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(old)
+
+
+# -- the fault tests' run folders and tmpfs mounts (tests/_faults.py) -----------------------------------
+@pytest.fixture(scope="module")
+def trained_run(synthetic_root, tmp_path_factory) -> Path:
+    """One trained epoch (read-only: tests copy it before changing anything); for the slow tests."""
+    from attnmel.train.run import train
+    from tests import _faults
+
+    out = tmp_path_factory.mktemp("robust_runs")
+    return train(_faults.tiny_cfg(synthetic_root, out, "one"), evaluate_after=False)
+
+
+@pytest.fixture(scope="module")
+def made_run(synthetic_root, tmp_path_factory) -> Path:
+    """A run folder in the real format without training (untrained weights): fast, for the refusals and the
+    read-only commands. Read-only: tests copy it before changing anything."""
+    import torch
+
+    from attnmel.train.module import ClassificationModule
+    from tests import _faults
+
+    out = tmp_path_factory.mktemp("robust_made")
+    cfg = _faults.tiny_cfg(synthetic_root, out, "made")
+    run = out / "made"
+    (run / "checkpoints").mkdir(parents=True)
+    (run / "config.yaml").write_text(_faults.config_mod.dump(cfg))
+    module = ClassificationModule(cfg, ["other", "melanoma"], 1)
+    ckpt = {"state_dict": module.state_dict(), "epoch": 0, "global_step": 2}
+    module.on_save_checkpoint(ckpt)
+    for name in ("best.ckpt", "last.ckpt"):
+        torch.save(ckpt, run / "checkpoints" / name)
+    return run
+
+
+@pytest.fixture
+def tmpfs(tmp_path):
+    """``mount(name, size, *opts) -> path``: a small tmpfs under ``tmp_path`` (root only; skips otherwise)."""
+    import subprocess
+
+    from tests import _faults
+
+    mounted: list[Path] = []
+
+    def mount(name: str, size: str, *opts: str) -> Path:
+        path = tmp_path / name
+        _faults.mount_tmpfs(path, size, *opts)
+        mounted.append(path)
+        return path
+
+    yield mount
+    for p in reversed(mounted):
+        subprocess.run(["umount", "-l", str(p)], capture_output=True)

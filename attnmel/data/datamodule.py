@@ -19,7 +19,6 @@ global RNG.
 from __future__ import annotations
 
 import logging
-import os
 import random
 from pathlib import Path
 from typing import Any, Mapping, Sequence
@@ -41,8 +40,9 @@ from attnmel.data.cache import (
 )
 from attnmel.data.samples import DatasetIndex
 from attnmel.data.transforms import BaseSpec, EvalTransform, TrainTransform, normalization_from_cfg
-from attnmel.errors import AttnMelError, file_error
+from attnmel.errors import AttnMelError, file_error, missing_masks
 from attnmel.losses.regularisers import needs_masks
+from attnmel.ranks import process_rank
 
 log = logging.getLogger("attnmel.data")
 
@@ -54,24 +54,6 @@ DEFAULT_CLASS_NAMES = {
 
 
 # ------------------------------------------------------------------------------------------ seeding
-
-
-def process_rank() -> int:
-    """This process's global rank: 0 for a single process and for the first process of a DDP job.
-
-    The one place that reads the launchers' variables: ``RANK`` (torchrun, and Lightning once DDP is set
-    up), ``SLURM_PROCID`` (srun), else Lightning's own launcher's ``NODE_RANK`` / ``LOCAL_RANK`` (its extra
-    processes get these before ``RANK`` exists).
-    """
-    env = os.environ
-    for var in ("RANK", "SLURM_PROCID"):
-        if env.get(var, "").isdigit():
-            return int(env[var])
-    local = int(env["LOCAL_RANK"]) if env.get("LOCAL_RANK", "").isdigit() else 0
-    node_var = env.get("NODE_RANK", env.get("GROUP_RANK", ""))
-    node = int(node_var) if node_var.isdigit() else 0
-    per_node = int(env["LOCAL_WORLD_SIZE"]) if env.get("LOCAL_WORLD_SIZE", "").isdigit() else 1024
-    return node * per_node + local
 
 
 def seed_worker(worker_id: int) -> None:
@@ -245,16 +227,6 @@ def _oversample_factors(setting: Any, class_names: Sequence[str]) -> int | dict[
 # ------------------------------------------------------------------------------------------ module
 
 
-def is_segmentation_run(path: str | Path) -> bool:
-    """Whether ``data.masks`` names a run folder (it has a ``config.yaml``) rather than a folder of masks."""
-    return (Path(path) / "config.yaml").is_file()
-
-
-def predicted_masks_dir(seg_run_dir: str | Path, dataset: str) -> Path:
-    """Where a segmentation run keeps its masks of a dataset: ``<run>/masks/<dataset>/``."""
-    return Path(seg_run_dir) / "masks" / dataset
-
-
 class AttnMelDataModule(pl.LightningDataModule):
     """Train/val/test data for one config.
 
@@ -285,15 +257,12 @@ class AttnMelDataModule(pl.LightningDataModule):
         self.spec = BaseSpec.from_cfg(self.data_cfg)
         self.mean, self.std = normalization_from_cfg(self.data_cfg)
         self.image_size = int(self.data_cfg["image_size"])
+        # A folder of masks: ``data.masks`` naming a segmentation run is resolved to its masks folder once, by
+        # the train layer (attnmel.train.masks.resolve_mask_source), before any DataModule is built.
         self.masks_dir = Path(self.data_cfg["masks"]) if self.data_cfg.get("masks") else None
-        if self.masks_dir is not None and is_segmentation_run(self.masks_dir):
-            # The train layer (attnmel.train.run.resolve_mask_source) predicts a segmentation run's masks
-            # before a DataModule is built; here they are only read (a missing folder is reported on use).
-            self.masks_dir = predicted_masks_dir(self.masks_dir, self.dataset_name)
         self._indexes: dict[str, DatasetIndex] = dict(indexes or {})
         self._datasets: dict[str, AttnMelDataset] = {}
         self._loaders: dict[str, DataLoader] = {}
-        self.predict_paths: list[Path] = []
 
     # -------------------------------------------------------------------------------- reading
     def prepare_data(self) -> None:
@@ -383,7 +352,7 @@ class AttnMelDataModule(pl.LightningDataModule):
                     else "; use isic2017 (Part 2) or isic2018_task2 (attribute masks), or another regulariser")
             if what == "mask" and self.masks_dir is not None:
                 hint = f"; {self.masks_dir} does not have them all either"
-            raise file_error(self.root, f"dataset '{self.dataset_name}' has no {kind} for {missing} of {len(have)} "
+            raise missing_masks(self.root, f"dataset '{self.dataset_name}' has no {kind} for {missing} of {len(have)} "
                                         f"{split} images, and {user} needs them{hint}")
         return complete
 
@@ -446,19 +415,6 @@ class AttnMelDataModule(pl.LightningDataModule):
                  100 * float(self.data_cfg["artefact_augment"]))
         return ArtefactPaster(cuts, float(self.data_cfg["artefact_augment"]))
 
-    def require_masks(self, key: str, reason: str | None = None, split: str = "train") -> None:
-        """Raise a one-line error unless ``split``'s batches carry ``key`` ("mask"/"lesion"/"background" or
-        "dermo"); ``reason`` names what needs them (e.g. ``loss.regulariser=lesion``)."""
-        key = "dermo" if key == "dermo" else "mask"
-        ds = self.dataset(split)
-        if (ds.with_mask if key == "mask" else ds.with_dermo):
-            return
-        kind = "lesion masks" if key == "mask" else "dermoscopic-feature masks (ISIC 2017 Part 2)"
-        have = int((ds.source.has_mask if key == "mask" else ds.source.has_dermo).sum())
-        hint = "; give data.masks=<folder of predicted masks>" if key == "mask" else ""
-        raise file_error(self.root, f"dataset '{self.dataset_name}' has no {kind} for {len(ds.source) - have} of "
-                                    f"{len(ds.source)} {split} images, and {reason or 'the run'} needs them{hint}")
-
     def setup(self, stage: str | None = None) -> None:
         """Read and cache the splits the stage needs (fit: train + val; validate: val; test: test)."""
         splits = {"fit": ("train", "val"), "validate": ("val",), "test": ("test",), "predict": ()}.get(
@@ -497,10 +453,3 @@ class AttnMelDataModule(pl.LightningDataModule):
     def val_dataloader(self) -> DataLoader:
         return self._split_loader("val")
 
-    def test_dataloader(self) -> DataLoader:
-        return self._split_loader("test")
-
-    def predict_dataloader(self) -> DataLoader:
-        if not self.predict_paths:
-            raise AttnMelError("no images to predict (set AttnMelDataModule.predict_paths)")
-        return self.loader(self.predict_dataset(self.predict_paths))

@@ -47,8 +47,9 @@ def remove_lesion(image: torch.Tensor, lesion: torch.Tensor, ring: int = RING_PX
 
 def melanoma_probs(model: nn.Module, images: torch.Tensor, melanoma_index: int) -> np.ndarray:
     """P(melanoma) per image, no gradients; ``model`` returns logits or a ClassifierOutput."""
+    param = next(model.parameters(), None)
     with torch.inference_mode():
-        out = model(images)
+        out = model(images.to(param.device) if param is not None else images)
     logits = out.logits if hasattr(out, "logits") else out
     return torch.softmax(logits.float(), dim=1)[:, melanoma_index].cpu().numpy()
 

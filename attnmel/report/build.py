@@ -9,9 +9,12 @@ where the model is right but looks outside the lesion. Figures are files in ``re
 referenced relatively, so the page opens offline from ``file://``. The numbers also go to
 ``metrics.json`` (``attention`` section, with a per-image list) and ``reports/index.html`` is rebuilt.
 
-:func:`build_report` runs the steps in order: :func:`open_split` (the run and the split), :func:`collect` (one
-pass over the split: predictions and maps from :func:`attnmel.explain.attributions.explain_batch`, scored per
-batch), :func:`score` (classification metrics and the means), :func:`select_gallery`, :func:`draw`,
+:func:`report_numbers` is the scoring half, with no figure and no page-only check (the sweep calls it through
+:func:`score_attention`): :func:`open_split` (the run on its device and the split), :func:`collect` (one pass
+over the split through :func:`attnmel.train.inference.score_loader`: probabilities, with the SVM fusion where the
+run has it, and the maps of :func:`attnmel.explain.attributions.explain_batch`, scored per batch), :func:`score`
+(classification metrics and the means), :func:`select_gallery` and the ``attention`` section.
+:func:`build_report` adds the page: the checks beyond overlap, :func:`draw`,
 :func:`page_context` + :func:`render_page`, and writing. The page and its figures are built in a temporary folder
 beside ``RUN_DIR/report/`` and swapped in at the end (:func:`attnmel.io.atomic_dir`): a build that fails or is
 killed half-way leaves the previous report whole.
@@ -29,7 +32,7 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
-from attnmel.errors import AttnMelError, file_error
+from attnmel.errors import AttnMelError, file_error, missing_masks
 from attnmel.explain.attributions import DEFAULT_TARGET
 from attnmel.explain.methods import method_label, short_label
 from attnmel.explain.overlay import DEFAULT_OVERLAY_SIDE
@@ -76,7 +79,7 @@ class Inputs:
     run_dir: Path
     split: str
     limit: int | None
-    run: Any  # attnmel.train.run's loaded run: cfg, model, class_names, melanoma_index, checkpoint
+    run: Any  # attnmel.train.inference.TrainedRun: cfg, model on its device, class_names, melanoma_index, ...
     dm: Any  # AttnMelDataModule
     n_split: int
     used: Any  # the dataset the report iterates (the split, or its first ``limit`` items)
@@ -91,16 +94,14 @@ class Inputs:
                                                                             f"_{self.split}")
 
 
-def open_split(run_dir: str | Path, split: str, limit: int | None, overrides: Sequence[str] = (),
-               dataset: str | None = None, root: str | Path | None = None) -> Inputs:
-    """Load the run (best checkpoint) and its split's eval dataset; one-line errors for bad arguments.
-    ``overrides``/``dataset``/``root``: keys that describe the data, or external data
-    (:func:`attnmel.train.external.data_view`)."""
-    import dataclasses
-
-    from attnmel.data.datamodule import AttnMelDataModule
-    from attnmel.train.external import data_view
-    from attnmel.train.run import load_run
+def open_split(run_dir: str | Path, split: str, limit: int | None, device: str | None = None,
+               run: Any = None, overrides: Sequence[str] = (), dataset: str | None = None,
+               root: str | Path | None = None) -> Inputs:
+    """Open the run (best checkpoint, on ``device`` or ``trainer.accelerator``; ``run``: one opened already) and
+    its split's eval dataset; one-line errors for bad arguments. ``overrides``/``dataset``/``root``: keys that
+    describe the data, or external data (:func:`attnmel.train.external.data_view`)."""
+    from attnmel.train.external import data_view, run_on_view
+    from attnmel.train.inference import open_run
 
     t0 = time.perf_counter()
     run_dir = Path(run_dir)
@@ -108,13 +109,13 @@ def open_split(run_dir: str | Path, split: str, limit: int | None, overrides: Se
         raise AttnMelError(f"report --limit must be a positive integer, got {limit!r}")
     if split not in ("train", "val", "test"):
         raise AttnMelError(f"unknown split '{split}' (known: train, val, test)")
-    run = load_run(run_dir)
+    run = run if run is not None else open_run(run_dir, device)
     if run.cfg.get("task", "classification") != "classification":
         raise file_error(run_dir, "a segmentation run: the attention report needs a classifier run")
     own_cfg = run.cfg
     view = data_view(run.cfg, split, overrides, dataset, root)
-    run, split = dataclasses.replace(run, cfg=view.cfg), view.split
-    dm = AttnMelDataModule(view.cfg, progress=False)
+    run, split = run_on_view(run, view), view.split
+    dm = run.data()
     ds = dm.dataset(split, train=False)  # the eval transform, one item per image, even for "train"
     if len(ds) == 0:
         raise file_error(dm.root, f"split '{split}' has no images")
@@ -150,22 +151,23 @@ class Collected:
 
 
 def collect(inp: Inputs, integrated_gradients: bool, target: str | int = DEFAULT_TARGET) -> Collected:
-    """Every batch once: predictions and maps (:func:`~attnmel.explain.attributions.explain_batch`: the
-    attention maps, Grad-CAM and CAM of ``target`` from one forward, IG on request), scored against the masks."""
+    """Every batch once, through the one scoring function (:func:`attnmel.train.inference.score_loader`: the
+    probabilities, with the SVM fusion of a ``model.svm`` run): its forward is
+    :func:`~attnmel.explain.attributions.explain_batch` (the attention maps, Grad-CAM and CAM of ``target`` from
+    one forward, IG on request) on the run's device and precision, and each batch's maps are scored against its
+    masks."""
     from attnmel.explain.attributions import explain_batch
+    from attnmel.train.inference import score_loader
 
     methods = ("attention", "gradcam", "cam") + (("ig",) if integrated_gradients else ())
     c = Collected()
     t = c.timings
-    inp.run.model.eval()
-    it = iter(inp.dm.loader(inp.used))
-    while True:
-        t0 = time.perf_counter()
-        batch = next(it, None)
-        t["data"] += time.perf_counter() - t0
-        if batch is None:
-            break
-        ex = explain_batch(inp.run.model, batch["image"], methods, target, inp.run.melanoma_index)
+    run = inp.run
+    run.model.eval()
+
+    def forward(batch: dict):
+        with run.autocast():
+            ex = explain_batch(run.model, batch["image"], methods, target, run.melanoma_index)
         t["inference"] += ex.timings["inference"]
         t["attributions"] += ex.timings["attributions"]
         maps = {k: v.numpy().astype(np.float16) if k == "ig" else v.numpy() for k, v in ex.maps.items()}
@@ -174,10 +176,14 @@ def collect(inp: Inputs, integrated_gradients: bool, target: str | int = DEFAULT
         if inp.has_masks:
             _score_batch(c, batch, maps, ids, inp.dm.root)
         t["scoring"] += time.perf_counter() - t0
-        c.ids += ids
-        c.labels += [int(v) for v in batch["label"]]
-        c.probs.append(torch.softmax(ex.logits, dim=1).numpy())
+        c.ids += ids  # _score_batch indexes the images from len(c.ids): after it
         c.maps += [{k: v[i] for k, v in maps.items()} for i in range(len(ids))]
+        return ex
+
+    scored = score_loader(run, inp.dm.loader(inp.used), forward)
+    t["data"] += scored.timings["data"]
+    c.labels = [int(v) for v in scored.labels]
+    c.probs = [scored.probs]
     return c
 
 
@@ -188,7 +194,7 @@ def _score_batch(c: Collected, batch: dict, maps: dict[str, np.ndarray], ids: li
 
     x = batch["image"]
     if "mask" not in batch:
-        raise AttnMelError(f"{root}: a batch of the split came without lesion masks")
+        raise missing_masks(root, "a batch of the split came without lesion masks")
     mk = batch["mask"]
     if tuple(mk.shape[-2:]) != tuple(x.shape[-2:]):
         raise file_error(root, f"lesion mask of {ids[0]} is {tuple(mk.shape[-2:])} but its image is "
@@ -476,36 +482,86 @@ def render_page(ctx: dict[str, Any]) -> str:
     return template_env().get_template("report.html").render(**ctx)
 
 
+# -- the numbers (no page) ---------------------------------------------------------------------------------------
+@dataclass
+class ReportNumbers:
+    """The report's scoring half: the opened split, one pass's collection, the scores, the gallery choice and the
+    ``attention`` section, with seconds per step. :func:`report_numbers` makes it; the sweep stops there."""
+
+    inp: Inputs
+    collected: Collected
+    scores: Scores
+    gallery: Gallery
+    attention: dict[str, Any]
+    timings: dict[str, float]
+
+
+def report_numbers(run_dir: str | Path, split: str = "test", integrated_gradients: bool = False,
+                   limit: int | None = None, *, target: str | int = DEFAULT_TARGET,
+                   gallery_size: int = GALLERY_SIZE, device: str | None = None, run: Any = None,
+                   overrides: Sequence[str] = (), dataset: str | None = None,
+                   root: str | Path | None = None) -> ReportNumbers:
+    """Everything the report computes before it draws: predictions, maps, their scores and the attention section.
+
+    No figure is drawn and none of the page's further checks (:mod:`attnmel.report.checks`) runs. ``device``:
+    where the model runs (default ``trainer.accelerator``); ``run``: a run opened already
+    (:func:`attnmel.train.inference.open_run`); ``overrides`` / ``dataset`` + ``root``: keys that describe the
+    data, or external data (:func:`attnmel.train.external.data_view`).
+    """
+    from attnmel.explain.attributions import check_target
+
+    check_target(target)
+    inp = open_split(run_dir, split, limit, device, run, overrides, dataset, root)
+    c = collect(inp, integrated_gradients, target)
+    s = score(inp, c)
+    gallery = select_gallery(c, s, inp.has_masks, gallery_size)
+    attention = attention_section(inp, c, s, gallery, target)
+    return ReportNumbers(inp, c, s, gallery, attention,
+                         {"load": inp.load_s, **c.timings, "classification": s.seconds})
+
+
+def score_attention(run_dir: str | Path, split: str = "test", *, device: str | None = None,
+                    run: Any = None) -> dict[str, Any]:
+    """Write only the ``attention[_<split>]`` section of ``metrics.json`` (the sweep's numbers; no page) and
+    return it."""
+    from attnmel.train.rundir import RunDir
+
+    nums = report_numbers(run_dir, split, device=device, run=run)
+    suffix = "" if split == "test" else f"_{split}"
+    RunDir(nums.inp.run_dir).update_metrics({f"attention{suffix}": nums.attention})
+    return nums.attention
+
+
 # -- the report ------------------------------------------------------------------------------------------------
 def build_report(run_dir: str | Path, split: str = "test", integrated_gradients: bool = False,
                  limit: int | None = None, *, reports_root: Path | None = Path("reports"),
                  runs_roots: Sequence[Path] = (Path("runs"), Path("sweeps")),
                  gallery_size: int = GALLERY_SIZE, overlay_size: int | None = DEFAULT_OVERLAY_SIDE,
                  target: str | int = DEFAULT_TARGET, checks_options: dict[str, int] | None = None,
-                 overrides: Sequence[str] = (), dataset: str | None = None, root: str | Path | None = None) -> Path:
+                 device: str | None = None, overrides: Sequence[str] = (), dataset: str | None = None,
+                 root: str | Path | None = None) -> Path:
     """Write ``RUN_DIR/report/index.html`` (+ ``figures/``) and the ``attention`` section of metrics.json.
 
     ``limit``: use the split's first ``limit`` images. ``reports_root``: where ``index.html`` listing all
     runs is rebuilt (None: not rebuilt). ``overlay_size``: long side of the gallery panels in pixels (None: the
     original's resolution). ``target``: the class the Grad-CAM/CAM/IG maps explain. ``checks_options``: sizes of
     the checks beyond overlap (:func:`attnmel.report.checks.explanation_checks`: ``faithfulness_images``,
-    ``faithfulness_steps``, ``randomisation_images``, ``randomisation_stages``). ``overrides``: keys that
-    describe the data (``data.artefact_flags=...``); ``dataset`` + ``root``: report on external data, written to
-    ``RUN_DIR/report_external_<dataset>_<folder>/``. Returns the report's path.
+    ``faithfulness_steps``, ``randomisation_images``, ``randomisation_stages``). ``device``: where the model runs
+    (default ``trainer.accelerator``). ``overrides``: keys that describe the data (``data.artefact_flags=...``);
+    ``dataset`` + ``root``: report on external data, written to ``RUN_DIR/report_external_<dataset>_<folder>/``.
+    Returns the report's path.
     """
-    from attnmel.explain.attributions import check_target
     from attnmel.explain.overlay import check_overlay_side
+    from attnmel.train.rundir import RunDir
 
     t_start = time.perf_counter()
-    check_target(target)
     check_overlay_side(overlay_size)
-    inp = open_split(run_dir, split, limit, overrides, dataset, root)
-    c = collect(inp, integrated_gradients, target)
-    s = score(inp, c)
-    gallery = select_gallery(c, s, inp.has_masks, gallery_size)
-    attention = attention_section(inp, c, s, gallery, target)
-    timings = {"load": inp.load_s, **c.timings, "classification": s.seconds}
-    report_dir = inp.run_dir / (f"report_{inp.view.tag}" if inp.view.tag else "report")
+    nums = report_numbers(run_dir, split, integrated_gradients, limit, target=target, gallery_size=gallery_size,
+                          device=device, overrides=overrides, dataset=dataset, root=root)
+    inp, c, s, gallery, attention, timings = (nums.inp, nums.collected, nums.scores, nums.gallery, nums.attention,
+                                              nums.timings)
+    folder = RunDir(inp.run_dir)
+    report_dir = folder.report_dir_for(inp.view.tag)
     with atomic_dir(report_dir) as out_dir:  # the previous report stays whole until this block has finished
         checks = run_checks(inp, c, s, out_dir / "figures", integrated_gradients, checks_options)
         attention.update(checks.metrics)
@@ -524,9 +580,9 @@ def build_report(run_dir: str | Path, split: str = "test", integrated_gradients:
                            timings={**timings, "total before writing the page": time.perf_counter() - t_start},
                            checks=checks)
         ctx["real"] = real_ctx
-        write_text(out_dir / "index.html", render_page(ctx))
+        write_text(out_dir / folder.report_page.name, render_page(ctx))
         timings["render"] = time.perf_counter() - t0
-    path = report_dir / "index.html"
+    path = report_dir / folder.report_page.name
     timings["total"] = time.perf_counter() - t_start
     _write_metrics(inp, s, attention, path, integrated_gradients, timings)
     if reports_root is not None:
@@ -550,10 +606,10 @@ def run_checks(inp: Inputs, c: Collected, s: Scores, fig_dir: Path, integrated_g
 
 def _write_metrics(inp: Inputs, s: Scores, attention: dict[str, Any], path: Path, integrated_gradients: bool,
                    timings: dict[str, float]) -> None:
-    from attnmel.train.rundir import update_metrics
+    from attnmel.train.rundir import RunDir
 
     suffix = inp.suffix
-    update_metrics(inp.run_dir, {f"attention{suffix}": attention,
+    RunDir(inp.run_dir).update_metrics({f"attention{suffix}": attention,
                                  f"report{suffix}": {"path": _rel(path, inp.run_dir), "n_images": len(s.labels),
                                                      "integrated_gradients": integrated_gradients,
                                                      "classification": {k: s.cls.get(k) for k in

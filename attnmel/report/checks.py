@@ -181,13 +181,15 @@ def _predict(model: nn.Module) -> Callable[[torch.Tensor], torch.Tensor]:
     """Class probabilities from the explanations' prepared copy of the model (BatchNorm folded, channels-last:
     :func:`attnmel.explain.attributions.prepared_model`, the one the report's forward already built), for the
     many forward passes of the curves."""
-    from attnmel.explain.attributions import prepared_model
+    from attnmel.explain.attributions import device_of, prepared_model
 
     fast = prepared_model(model, channels_last=True)
+    dev = device_of(fast)  # the run's device: the curves' images are built on the CPU
 
     def predict(x: torch.Tensor) -> torch.Tensor:
         with torch.inference_mode():
-            return torch.softmax(fast(x.contiguous(memory_format=torch.channels_last)).logits.float(), dim=1)
+            out = fast(x.to(dev).contiguous(memory_format=torch.channels_last)).logits.float()
+            return torch.softmax(out, dim=1).cpu()
 
     return predict
 

@@ -109,3 +109,18 @@ def attention_jaccard(model: torch.nn.Module, loader, melanoma_index: int) -> di
         for method, mean in q["mean"].items():
             per_method.setdefault(method, []).extend([mean["jaccard"]] * len(masks))
     return {m: float(np.mean(v)) for m, v in per_method.items()}
+
+
+def run_on_view(run: Any, view: DataView) -> Any:
+    """The opened run (:class:`attnmel.train.inference.TrainedRun`) reading the view's data: the same model,
+    device and precision, a new DataModule for the view's config. A ``model.svm`` run's SVM is fitted first on
+    the run's own training split (if it is not yet), never on the view's data."""
+    if view.cfg is run.cfg:
+        return run
+    import dataclasses
+
+    from attnmel.train.masks import resolve_mask_source
+
+    if run.uses_svm:
+        run.svm()
+    return dataclasses.replace(run, cfg=resolve_mask_source(view.cfg), _dm=None)
