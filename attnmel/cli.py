@@ -58,6 +58,11 @@ def _add_data(sub: argparse._SubParsersAction) -> None:
     c = _sub(dsub, "check", help="verify a download: images, labels and masks per split and class")
     c.add_argument("--dataset", required=True)
     c.add_argument("--root", required=True, type=Path)
+    c.add_argument("--artefact-flags", type=Path, default=None, metavar="PATH",
+                   help="per-image artefact flags (CSV, or Reveal-to-Revise JSON): count them per split and class")
+    c.add_argument("--artefact-masks", type=Path, default=None, metavar="DIR", help="folder of artefact masks")
+    c.add_argument("--label-column", default=None, help="folder: the diagnosis column of labels.csv ...")
+    c.add_argument("--positive-class", default=None, help="... and its value that means melanoma")
     st = _sub(dsub, "stats", help="per-channel mean/std of a dataset's training split")
     st.add_argument("--dataset", required=True)
     st.add_argument("--root", required=True, type=Path)
@@ -89,6 +94,7 @@ def _add_run_commands(sub: argparse._SubParsersAction) -> None:
     """The commands that use a trained run: evaluate, predict, report (each with ``--device``)."""
     e = _sub(sub, "evaluate", help=f"score a run on a split: {METRICS} and {RunDir('.').predictions().name}")
     e.add_argument("run_dir", type=Path)
+    _add_external(e)
     _add_device(e)
     e.add_argument("--split", default=None,
                    help="train, val or test; a synthetic set also has its extra test splits (test_reversed, ...); "
@@ -105,6 +111,7 @@ def _add_run_commands(sub: argparse._SubParsersAction) -> None:
 
     r = _sub(sub, "report", help="HTML attention-quality report of a run")
     r.add_argument("run_dir", type=Path)
+    _add_external(r)
     _add_device(r)
     r.add_argument("--split", default="test", choices=["val", "test"])
     r.add_argument("--ig", action="store_true", help="also compute Integrated Gradients (slow)")
@@ -157,12 +164,20 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _add_external(p: argparse.ArgumentParser) -> None:
+    """evaluate / report: another dataset to score (external validation) and keys that describe the data."""
+    p.add_argument("--dataset", default=None, help="score every image of another dataset (e.g. folder) ...")
+    p.add_argument("--root", type=Path, default=None, help="... in this folder; results under their own name")
+    p.add_argument("overrides", nargs="*", help="keys that describe the data, e.g. data.artefact_flags=PATH "
+                                                "data.artefact_masks=DIR data.label_column=dx")
+
+
 def _split_run_dir(out: Path) -> list[str]:
     return [f"out_dir={out.parent}", f"name={out.name}"]
 
 
 # Subcommands whose positional ``overrides`` may come after options (`sweep FILE --dataset d key=value`).
-TAKES_OVERRIDES = ("train", "sweep", "demo")
+TAKES_OVERRIDES = ("train", "sweep", "demo", "evaluate", "report")
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -241,9 +256,15 @@ def dispatch(args: argparse.Namespace) -> int | None:
     if args.cmd == "evaluate":
         from attnmel.train.run import evaluate, evaluate_tests
 
-        m = (evaluate_tests(args.run_dir, device=args.device) if args.split is None
-             else evaluate(args.run_dir, args.split, device=args.device))
+        if args.overrides or args.dataset or args.root:  # data-describing keys, or external data
+            m = evaluate(args.run_dir, args.split or "test", device=args.device, overrides=args.overrides,
+                         dataset=args.dataset, root=args.root)
+        else:
+            m = (evaluate_tests(args.run_dir, device=args.device) if args.split is None
+                 else evaluate(args.run_dir, args.split, device=args.device))
         print(_format_metrics(m))
+        if m.get("attention_jaccard"):  # external data with lesion masks
+            print("attention jaccard: " + "  ".join(f"{k}={v:.4f}" for k, v in m["attention_jaccard"].items()))
         return 0
     if args.cmd == "predict":
         from attnmel.train.predict import predict_images
@@ -255,7 +276,8 @@ def dispatch(args: argparse.Namespace) -> int | None:
         from attnmel.report.build import build_report
 
         path = build_report(args.run_dir, split=args.split, integrated_gradients=args.ig, limit=args.limit,
-                            overlay_size=args.overlay_size, device=args.device)
+                            overlay_size=args.overlay_size, device=args.device, overrides=args.overrides,
+                            dataset=args.dataset, root=args.root)
         print(f"report: {path}")
         return 0
     if args.cmd == "sweep":
@@ -323,7 +345,10 @@ def _data(args: argparse.Namespace) -> int:
     if args.data_cmd == "check":
         from attnmel.data.check import run_check
 
-        return run_check(args.dataset, args.root)
+        folder_opts = {k: v for k, v in (("label_column", args.label_column),
+                                         ("positive_class", args.positive_class)) if v is not None}
+        return run_check(args.dataset, args.root, artefact_flags=args.artefact_flags,
+                         artefact_masks=args.artefact_masks, **folder_opts)
     if args.data_cmd == "stats":
         from attnmel import config as config_mod
         from attnmel.data.readers import read_split

@@ -117,8 +117,9 @@ class AttnMelDataset(Dataset):
     def __init__(self, index: DatasetIndex, source: PreprocessCache | DecodeSource,
                  transform: TrainTransform | EvalTransform, rows: Sequence[int] | None = None,
                  with_mask: bool = False, with_dermo: bool = False, seed: int = 0,
-                 with_artefact: bool = False, with_attributes: int = 0) -> None:
+                 with_artefact: bool = False, with_attributes: int = 0, paster: Any = None) -> None:
         self.index, self.source, self.transform = index, source, transform
+        self.paster = paster  # attnmel.data.artefacts.ArtefactPaster (data.artefact_augment) or None
         self.rows = np.asarray(rows if rows is not None else range(len(index.samples)), dtype=np.int64)
         self.with_mask, self.with_dermo, self.with_artefact = with_mask, with_dermo, with_artefact
         self.with_attributes = int(with_attributes)  # how many attribute masks the batch carries (0: none)
@@ -159,6 +160,9 @@ class AttnMelDataset(Dataset):
         if self.with_attributes:
             masks["attributes"] = unpack_attributes(self.source.attributes(i), self.with_attributes)
         out = self.transform(img, masks, generator=gen)
+        if self.paster is not None:
+            lesion = out["mask"][0] > 0.5 if "mask" in out else None
+            out["image"] = self.paster(out["image"], lesion, gen)
         sample = self.index.samples[i]
         out["label"] = torch.tensor(sample.label, dtype=torch.long)
         out["image_id"] = sample.image_id
@@ -246,10 +250,10 @@ class AttnMelDataModule(pl.LightningDataModule):
         self.need_masks = key == "mask" if need_masks is None else bool(need_masks)
         self.need_dermo = key == "dermo" if need_dermo is None else bool(need_dermo)
         self.segmentation = cfg.get("task") == "segmentation"
-        from attnmel.data.readers import ATTRIBUTE_DATASETS
+        from attnmel.data.readers import dataset_info
 
         # Segmentation on an attribute dataset learns the five Task 2 masks, not the lesion mask.
-        self.attribute_target = self.segmentation and self.dataset_name in ATTRIBUTE_DATASETS
+        self.attribute_target = self.segmentation and dataset_info(self.dataset_name).attributes
         self.spec = BaseSpec.from_cfg(self.data_cfg)
         self.mean, self.std = normalization_from_cfg(self.data_cfg)
         self.image_size = int(self.data_cfg["image_size"])
@@ -296,11 +300,17 @@ class AttnMelDataModule(pl.LightningDataModule):
             # split is shared by every run, whatever the run's seed.
             self._indexes[split] = read_split(self.dataset_name, self.root, split,
                                               num_classes=int(self.data_cfg["num_classes"]),
-                                              val_fraction=float(self.data_cfg.get("val_fraction", 0.2)),
                                               cache_dir=self.data_cfg.get("cache_dir") or ".cache/attnmel",
-                                              labels_optional=self.segmentation,
-                                              split_file=self.data_cfg.get("split_file"))
+                                              labels_optional=self.segmentation, **self._reader_options())
         return self._indexes[split]
+
+    def _reader_options(self) -> dict[str, Any]:
+        """The reader options the config sets (``data.val_fraction``, ``data.split_file``, ...); one set for a
+        dataset it does not apply to is refused by ``read_split`` in one line naming the key."""
+        from attnmel.config import defaults
+        from attnmel.data.readers import options_from_config
+
+        return options_from_config(self.dataset_name, dict(self.data_cfg), defaults()["data"])
 
     @property
     def class_names(self) -> list[str]:
@@ -374,11 +384,36 @@ class AttnMelDataModule(pl.LightningDataModule):
                 raise file_error(self.root, f"dataset '{self.dataset_name}' {split}: every image needs its "
                                             "attribute masks for attribute segmentation")
             with_attributes = len(index.samples[0].attributes)
+        paster = self._artefact_paster(split) if train and float(self.data_cfg.get("artefact_augment") or 0) else None
         ds = AttnMelDataset(index, source, transform, rows, with_mask=with_mask, with_dermo=with_dermo,
                             seed=self.seed + (0 if train else 1), with_artefact=with_artefact,
-                            with_attributes=with_attributes)
+                            with_attributes=with_attributes, paster=paster)
         self._datasets[name] = ds
         return ds
+
+    def _artefact_paster(self, split: str) -> Any:
+        """``data.artefact_augment``: the cut-outs of every ``split`` image with a (non-empty) artefact mask in
+        ``data.artefact_masks``, cut through the eval geometry (:class:`~attnmel.data.artefacts.ArtefactPaster`)."""
+        from attnmel.data.artefacts import ArtefactPaster, cutout, list_artefact_masks, network_mask
+
+        folder = self.data_cfg.get("artefact_masks")
+        if not folder:
+            raise AttnMelError("config: data.artefact_augment needs data.artefact_masks (the artefacts to paste)")
+        index = self.index(split)
+        masks = list_artefact_masks(folder, [s.image_id for s in index.samples])
+        plain = self.dataset(split, train=False)
+        cuts = []
+        for k, s in enumerate(index.samples):
+            if s.image_id in masks:
+                cut = cutout(plain[k]["image"], network_mask(masks[s.image_id], s.image, self.spec, self.image_size),
+                             s.image_id)
+                if cut is not None:
+                    cuts.append(cut)
+        if not cuts:
+            raise file_error(Path(folder), f"no artefact to paste: every mask of a {split} image is empty")
+        log.info("artefact augmentation: %d cut-outs from %s, on %.0f %% of training images", len(cuts), folder,
+                 100 * float(self.data_cfg["artefact_augment"]))
+        return ArtefactPaster(cuts, float(self.data_cfg["artefact_augment"]))
 
     def setup(self, stage: str | None = None) -> None:
         """Read and cache the splits the stage needs (fit: train + val; validate: val; test: test)."""

@@ -38,6 +38,7 @@ from attnmel.explain.methods import method_label, short_label
 from attnmel.explain.overlay import DEFAULT_OVERLAY_SIDE
 from attnmel.io import atomic_dir, write_text
 from attnmel.report.calibration import reported_probs
+from attnmel.report.real_artefacts import real_artefact_section
 from attnmel.report.render import template_env
 
 log = logging.getLogger("attnmel.report")
@@ -85,12 +86,22 @@ class Inputs:
     used: Any  # the dataset the report iterates (the split, or its first ``limit`` items)
     has_masks: bool
     load_s: float = 0.0
+    view: Any = None  # attnmel.train.external.DataView: the data scored and the name results go under
+    own_cfg: dict = field(default_factory=dict)  # the run's own config (before overrides / external data)
+
+    @property
+    def suffix(self) -> str:
+        return self.view.suffix(self.split) if self.view is not None else ("" if self.split == "test" else
+                                                                            f"_{self.split}")
 
 
 def open_split(run_dir: str | Path, split: str, limit: int | None, device: str | None = None,
-               run: Any = None) -> Inputs:
+               run: Any = None, overrides: Sequence[str] = (), dataset: str | None = None,
+               root: str | Path | None = None) -> Inputs:
     """Open the run (best checkpoint, on ``device`` or ``trainer.accelerator``; ``run``: one opened already) and
-    its split's eval dataset; one-line errors for bad arguments."""
+    its split's eval dataset; one-line errors for bad arguments. ``overrides``/``dataset``/``root``: keys that
+    describe the data, or external data (:func:`attnmel.train.external.data_view`)."""
+    from attnmel.train.external import data_view, run_on_view
     from attnmel.train.inference import open_run
 
     t0 = time.perf_counter()
@@ -102,13 +113,21 @@ def open_split(run_dir: str | Path, split: str, limit: int | None, device: str |
     run = run if run is not None else open_run(run_dir, device)
     if run.cfg.get("task", "classification") != "classification":
         raise file_error(run_dir, "a segmentation run: the attention report needs a classifier run")
+    own_cfg = run.cfg
+    view = data_view(run.cfg, split, overrides, dataset, root)
+    run, split = run_on_view(run, view), view.split
     dm = run.data()
     ds = dm.dataset(split, train=False)  # the eval transform, one item per image, even for "train"
     if len(ds) == 0:
         raise file_error(dm.root, f"split '{split}' has no images")
     used = _Head(ds, limit) if limit and limit < len(ds) else ds
+    if view.tag:
+        from attnmel.train.external import warn_small_images
+
+        warn_small_images(dm.index(split).samples, int(view.cfg["data"]["image_size"]), dm.root)
     return Inputs(run_dir=run_dir, split=split, limit=limit, run=run, dm=dm, n_split=len(ds), used=used,
-                  has_masks=bool(getattr(ds, "with_mask", False)), load_s=time.perf_counter() - t0)
+                  has_masks=bool(getattr(ds, "with_mask", False)), load_s=time.perf_counter() - t0, view=view,
+                  own_cfg=own_cfg)
 
 
 # -- step 1: one pass over the split: predictions, maps, scores --------------------------------------------
@@ -496,17 +515,20 @@ class ReportNumbers:
 
 def report_numbers(run_dir: str | Path, split: str = "test", integrated_gradients: bool = False,
                    limit: int | None = None, *, target: str | int = DEFAULT_TARGET,
-                   gallery_size: int = GALLERY_SIZE, device: str | None = None, run: Any = None) -> ReportNumbers:
+                   gallery_size: int = GALLERY_SIZE, device: str | None = None, run: Any = None,
+                   overrides: Sequence[str] = (), dataset: str | None = None,
+                   root: str | Path | None = None) -> ReportNumbers:
     """Everything the report computes before it draws: predictions, maps, their scores and the attention section.
 
     No figure is drawn and none of the page's further checks (:mod:`attnmel.report.checks`) runs. ``device``:
     where the model runs (default ``trainer.accelerator``); ``run``: a run opened already
-    (:func:`attnmel.train.inference.open_run`).
+    (:func:`attnmel.train.inference.open_run`); ``overrides`` / ``dataset`` + ``root``: keys that describe the
+    data, or external data (:func:`attnmel.train.external.data_view`).
     """
     from attnmel.explain.attributions import check_target
 
     check_target(target)
-    inp = open_split(run_dir, split, limit, device, run)
+    inp = open_split(run_dir, split, limit, device, run, overrides, dataset, root)
     c = collect(inp, integrated_gradients, target)
     s = score(inp, c)
     gallery = select_gallery(c, s, inp.has_masks, gallery_size)
@@ -533,7 +555,8 @@ def build_report(run_dir: str | Path, split: str = "test", integrated_gradients:
                  runs_roots: Sequence[Path] = (Path("runs"), Path("sweeps")),
                  gallery_size: int = GALLERY_SIZE, overlay_size: int | None = DEFAULT_OVERLAY_SIDE,
                  target: str | int = DEFAULT_TARGET, checks_options: dict[str, int] | None = None,
-                 device: str | None = None) -> Path:
+                 device: str | None = None, overrides: Sequence[str] = (), dataset: str | None = None,
+                 root: str | Path | None = None) -> Path:
     """Write ``RUN_DIR/report/index.html`` (+ ``figures/``) and the ``attention`` section of metrics.json.
 
     ``limit``: use the split's first ``limit`` images. ``reports_root``: where ``index.html`` listing all
@@ -541,7 +564,9 @@ def build_report(run_dir: str | Path, split: str = "test", integrated_gradients:
     original's resolution). ``target``: the class the Grad-CAM/CAM/IG maps explain. ``checks_options``: sizes of
     the checks beyond overlap (:func:`attnmel.report.checks.explanation_checks`: ``faithfulness_images``,
     ``faithfulness_steps``, ``randomisation_images``, ``randomisation_stages``). ``device``: where the model runs
-    (default ``trainer.accelerator``). Returns the report's path.
+    (default ``trainer.accelerator``). ``overrides``: keys that describe the data (``data.artefact_flags=...``);
+    ``dataset`` + ``root``: report on external data, written to ``RUN_DIR/report_external_<dataset>_<folder>/``.
+    Returns the report's path.
     """
     from attnmel.explain.overlay import check_overlay_side
     from attnmel.train.rundir import RunDir
@@ -549,13 +574,19 @@ def build_report(run_dir: str | Path, split: str = "test", integrated_gradients:
     t_start = time.perf_counter()
     check_overlay_side(overlay_size)
     nums = report_numbers(run_dir, split, integrated_gradients, limit, target=target, gallery_size=gallery_size,
-                          device=device)
+                          device=device, overrides=overrides, dataset=dataset, root=root)
     inp, c, s, gallery, attention, timings = (nums.inp, nums.collected, nums.scores, nums.gallery, nums.attention,
                                               nums.timings)
     folder = RunDir(inp.run_dir)
-    with atomic_dir(folder.report_dir) as out_dir:  # the previous report stays whole until this block has finished
+    report_dir = folder.report_dir_for(inp.view.tag)
+    with atomic_dir(report_dir) as out_dir:  # the previous report stays whole until this block has finished
         checks = run_checks(inp, c, s, out_dir / "figures", integrated_gradients, checks_options)
         attention.update(checks.metrics)
+        t0 = time.perf_counter()
+        real_metrics, real_ctx = real_artefact_section(inp, c, s, inp.own_cfg)
+        if real_metrics:
+            attention["artefacts_real"] = real_metrics
+            timings["real artefacts and counterfactuals"] = time.perf_counter() - t0
         timings.update(checks.timings)
         t0 = time.perf_counter()
         figs, drawn = draw(out_dir, inp, c, s, gallery, gallery_size, overlay_size, checks.gallery[:gallery_size])
@@ -565,11 +596,12 @@ def build_report(run_dir: str | Path, split: str = "test", integrated_gradients:
                            integrated_gradients=integrated_gradients, gallery_size=gallery_size,
                            timings={**timings, "total before writing the page": time.perf_counter() - t_start},
                            checks=checks)
+        ctx["real"] = real_ctx
         calibration = run_calibration(inp, c, s, out_dir / "figures")
         ctx.update(calibration=calibration.ctx, provenance=run_provenance(inp, c), below_random=below_random(s))
         write_text(out_dir / folder.report_page.name, render_page(ctx))
         timings["render"] = time.perf_counter() - t0
-    path = folder.report_page
+    path = report_dir / folder.report_page.name
     timings["total"] = time.perf_counter() - t_start
     _write_metrics(inp, s, attention, path, integrated_gradients, timings,
                    {"calibration": calibration.metrics, "geometry": {k: ctx["provenance"][k] for k in GEOMETRY_KEYS}})
@@ -629,7 +661,7 @@ def _write_metrics(inp: Inputs, s: Scores, attention: dict[str, Any], path: Path
                    timings: dict[str, float], report_extra: dict[str, Any] | None = None) -> None:
     from attnmel.train.rundir import RunDir
 
-    suffix = "" if inp.split == "test" else f"_{inp.split}"
+    suffix = inp.suffix
     RunDir(inp.run_dir).update_metrics({f"attention{suffix}": attention,
                                  f"report{suffix}": {"path": _rel(path, inp.run_dir), "n_images": len(s.labels),
                                                      "integrated_gradients": integrated_gradients,

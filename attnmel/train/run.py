@@ -12,7 +12,7 @@ import logging
 import os
 import warnings
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import numpy as np
 import torch
@@ -327,18 +327,29 @@ def build_module_and_data(cfg: dict):
 
 
 # -- evaluation ---------------------------------------------------------------------------------
-def evaluate(run_dir: str | Path, split: str = "test", device: str | None = None) -> dict:
-    """Score a run on a split (loaded once, on ``device`` or ``trainer.accelerator``): see :func:`evaluate_split`."""
-    return evaluate_split(open_run(run_dir, device), split)
+def evaluate(run_dir: str | Path, split: str = "test", device: str | None = None, *, overrides: Sequence[str] = (),
+             dataset: str | None = None, root: str | Path | None = None) -> dict:
+    """Score a run on a split (loaded once, on ``device`` or ``trainer.accelerator``): see :func:`evaluate_split`.
+
+    ``overrides``: keys that describe the data (``data.artefact_flags=...``); ``dataset`` + ``root``: score
+    every image of another dataset instead (external validation), under its own name
+    (:mod:`attnmel.train.external`), with the attention maps' Jaccard where it has lesion masks."""
+    from attnmel.train.external import data_view
+
+    run = open_run(run_dir, device)
+    view = data_view(run.cfg, split, overrides, dataset, root) if (overrides or dataset or root) else None
+    return evaluate_split(run, split, view)
 
 
-def evaluate_split(run: TrainedRun, split: str = "test") -> dict:
+def evaluate_split(run: TrainedRun, split: str = "test", view: Any = None) -> dict:
     """Score an opened run on a split: ``metrics.json`` (``classification[_<split>]`` and ``calibration[_<split>]``,
-    or ``segmentation`` / ``attributes`` for a segmentation run) and ``predictions[_<split>].csv``. Scoring test
-    first fits the temperature on val (:func:`calibrate`); every split's probabilities are scaled by it when it
-    was kept (:mod:`attnmel.train.calibration`)."""
+    or ``segmentation`` / ``attributes`` for a segmentation run) and ``predictions[_<split>].csv``. ``view``
+    (:func:`attnmel.train.external.data_view`): the data-describing overrides, or external data scored under
+    its own name. Scoring the run's own test split first fits the temperature on val (:func:`calibrate`); every
+    split's probabilities (external data's too) are scaled by it when it was kept (:mod:`attnmel.train.calibration`)."""
     from attnmel.metrics.classification import classification_metrics, write_predictions_csv
     from attnmel.train.calibration import apply_kept, read_calibration
+    from attnmel.train.external import DataView, attention_jaccard, run_on_view, warn_small_images
 
     folder = run.folder
     if run.cfg.get("task", "classification") == "segmentation":
@@ -352,20 +363,34 @@ def evaluate_split(run: TrainedRun, split: str = "test") -> dict:
         scores = evaluate_segmentation(run, split)
         folder.update_metrics({"segmentation": scores, "split": split})
         return scores
-    scored = score_loader(run, run.data().eval_dataloader(split))
+    view = view or DataView(run.cfg, split)
+    run, split = run_on_view(run, view), view.split
+    loader = run.data().eval_dataloader(split)
+    if view.tag:
+        warn_small_images(run.data().index(split).samples, int(view.cfg["data"]["image_size"]), run.data().root)
+    scored = score_loader(run, loader)
     if not scored.ids:
         raise AttnMelError(f"{run.cfg['data']['root']}: split '{split}' has no images")
-    suffix = "" if split == "test" else f"_{split}"
+    suffix = view.suffix()
     extra: dict = {}
     if run.uses_svm:
         extra[f"classification_softmax_only{suffix}"] = classification_metrics(
             scored.labels, scored.softmax, run.class_names, run.melanoma_index)
     # Scoring test (re)fits the temperature on val; every split then reports the kept one's probabilities.
-    cal = _calibrate_or_keep(run, (scored.probs, scored.labels)) if split == "test" else read_calibration(run.run_dir)
+    fit = split == "test" and not view.tag
+    cal = _calibrate_or_keep(run, (scored.probs, scored.labels)) if fit else read_calibration(run.run_dir)
     probs = apply_kept(scored.probs, cal)
     metrics = classification_metrics(scored.labels, probs, run.class_names, run.melanoma_index)
-    write_predictions_csv(folder.predictions(split), scored.ids, probs, run.class_names)
-    folder.update_metrics({f"classification{suffix}": metrics, "split": split, **extra,
+    extra.update(_artefact_metrics(view, run.data(), split, scored.ids, scored.labels, probs, run.melanoma_index))
+    if view.tag:
+        if getattr(loader.dataset, "with_mask", False):
+            metrics["attention_jaccard"] = attention_jaccard(run.model, loader, run.melanoma_index)
+        metrics.update(dataset=view.cfg["data"]["dataset"], root=str(view.cfg["data"]["root"]))
+        extra["external"] = sorted({*(folder.metrics().get("external") or []), view.tag})
+    else:
+        extra["split"] = split
+    write_predictions_csv(folder.predictions(view.tag or split), scored.ids, probs, run.class_names)
+    folder.update_metrics({f"classification{suffix}": metrics, **extra,
                            f"calibration{suffix}": calibration_section(scored.labels, probs, run.melanoma_index, cal),
                            "checkpoint": str(run.checkpoint.relative_to(run.run_dir))})
     return metrics
@@ -409,6 +434,20 @@ def calibration_section(labels: np.ndarray, probs: np.ndarray, melanoma_index: i
     out = calibration_summary(np.asarray(labels) == melanoma_index, probs[:, melanoma_index])
     out["temperature_applied"] = float(cal["temperature"]) if cal and cal.get("kept") else None
     return out
+
+
+def _artefact_metrics(view, dm, split: str, ids, labels, probs, mel: int) -> dict:
+    """``artefacts<suffix>``: AUC and mean melanoma probability with / without each flagged artefact, where
+    ``data.artefact_flags`` is set (:mod:`attnmel.metrics.artefacts`)."""
+    flags_path = view.cfg["data"].get("artefact_flags")
+    if not flags_path:
+        return {}
+    from attnmel.data.artefacts import read_flags
+    from attnmel.metrics.artefacts import artefact_stratified
+
+    flags = read_flags(flags_path, [s.image_id for s in dm.index(split).samples])
+    is_mel = np.asarray(labels) == mel
+    return {f"artefacts{view.suffix()}": artefact_stratified(flags, list(ids), is_mel, probs[:, mel])}
 
 
 def evaluate_tests(run_dir: str | Path, device: str | None = None) -> dict:

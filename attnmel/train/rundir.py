@@ -101,6 +101,10 @@ class RunDir:
     def report_dir(self) -> Path:
         return self.path / REPORT
 
+    def report_dir_for(self, tag: str = "") -> Path:
+        """``report/``, or ``report_<tag>/`` for a report on other data (``tag``: ``external_<dataset>_<folder>``)."""
+        return self.report_dir if not tag else self.path / f"{REPORT}_{tag}"
+
     @property
     def report_page(self) -> Path:
         return self.report_dir / REPORT_PAGE

@@ -37,9 +37,9 @@ def jaccard_per_image(logits: Tensor, masks: Tensor, threshold: float = 0.5) -> 
 def segmentation_outputs(cfg: dict) -> tuple[str, ...]:
     """The names of a segmentation config's outputs: ``("lesion",)``, or the five ISIC 2018 Task 2
     attributes when the dataset is an attribute dataset."""
-    from attnmel.data.readers import ATTRIBUTE_DATASETS, ATTRIBUTES
+    from attnmel.data.readers import ATTRIBUTES, dataset_info
 
-    return tuple(ATTRIBUTES) if cfg["data"]["dataset"] in ATTRIBUTE_DATASETS else ("lesion",)
+    return tuple(ATTRIBUTES) if dataset_info(cfg["data"]["dataset"]).attributes else ("lesion",)
 
 
 def target_key(outputs: tuple[str, ...]) -> str:
