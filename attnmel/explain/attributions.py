@@ -22,7 +22,7 @@ import itertools
 import numbers
 import time
 import weakref
-from contextlib import contextmanager, nullcontext
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, Iterator, Sequence
 
@@ -126,6 +126,7 @@ class ForwardResult:
     maps: dict[str, torch.Tensor]
     gradcam: torch.Tensor
     forward_s: float
+    features: torch.Tensor | None = None
 
 
 def forward_with_gradcam(model: nn.Module, images: torch.Tensor, target: str | int = DEFAULT_TARGET,
@@ -160,7 +161,8 @@ def forward_with_gradcam(model: nn.Module, images: torch.Tensor, target: str | i
     logits = out.logits.detach().float()
     return ForwardResult(logits=logits.cpu(), targets=resolve_targets(target, logits, melanoma_index).cpu(),
                          maps={k: v.detach().float()[:, 0].cpu() for k, v in out.maps.items()},
-                         gradcam=attr.detach().float().sum(dim=1).cpu(), forward_s=sum(t for _, t in seen))
+                         gradcam=attr.detach().float().sum(dim=1).cpu(), forward_s=sum(t for _, t in seen),
+                         features=out.features.detach().float().cpu() if out.features is not None else None)
 
 
 # -- CAM -------------------------------------------------------------------------------------------------
@@ -265,7 +267,8 @@ def integrated_gradients_maps(model: nn.Module, images: torch.Tensor, targets: t
     def forward(z: torch.Tensor) -> torch.Tensor:
         if channels_last:
             z = z.contiguous(memory_format=torch.channels_last)
-        with torch.autocast(dev.type, dtype=torch.bfloat16) if bf16 else nullcontext():
+        # enabled=False also switches off a caller's autocast (a run's bf16): IG's own precision decides.
+        with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=bf16):
             return net(z).logits.float()
 
     with eval_mode(model), frozen(model), torch.enable_grad():
@@ -305,6 +308,7 @@ class Explained:
     targets: torch.Tensor
     maps: dict[str, torch.Tensor]
     timings: dict[str, float] = field(default_factory=dict)
+    features: torch.Tensor | None = None  # the penultimate features (B, D) of the same forward
 
 
 def explain_batch(model: nn.Module, images: torch.Tensor, methods: Sequence[str] = ("attention", "gradcam", "cam"),
@@ -343,4 +347,4 @@ def explain_batch(model: nn.Module, images: torch.Tensor, methods: Sequence[str]
         maps["ig"] = integrated_gradients_maps(model, images, fr.targets, s.n_steps, s.internal_batch_size,
                                                s.precision, s.channels_last, s.fold_bn)
     timings["attributions"] += time.perf_counter() - t0
-    return Explained(logits=fr.logits, targets=fr.targets, maps=maps, timings=timings)
+    return Explained(logits=fr.logits, targets=fr.targets, maps=maps, timings=timings, features=fr.features)
