@@ -20,7 +20,7 @@ import os
 import tempfile
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import torch
 
@@ -35,10 +35,11 @@ def real_root() -> Path | None:
     return root if (root / "ISIC-2017_Training_Data").is_dir() else None
 
 
-def _recipe(root: Path, cache_dir: Path) -> dict:
+def _recipe(root: Path, cache_dir: Path, overrides: Sequence[str] = ()) -> dict:
     from attnmel.config import load_config
 
-    return load_config(RECIPE, [f"data.root={root}", f"data.cache_dir={cache_dir}", "trainer.progress_bar=false"])
+    return load_config(RECIPE, [f"data.root={root}", f"data.cache_dir={cache_dir}", "trainer.progress_bar=false",
+                                *overrides])
 
 
 def stage_times(ds: Any, n: int) -> dict[str, float]:
@@ -103,15 +104,17 @@ def loop_wait(cfg: dict, dm: Any, steps: int) -> dict[str, Any]:
             "images_per_second": round(steps * int(cfg["data"]["batch_size"]) / total, 1)}
 
 
-def run_real(steps: int = 30, items: int = 256) -> dict[str, Any]:
-    """The real-set section of ``data.json`` (``{"skipped": why}`` without the set)."""
-    root = real_root()
+def run_real(steps: int = 30, items: int = 256, root: Path | None = None,
+             overrides: Sequence[str] = ()) -> dict[str, Any]:
+    """The real-set section of ``data.json`` (``{"skipped": why}`` without the set); ``root`` / ``overrides``
+    (``key=value`` on the recipe): another tree or smaller settings (the tests)."""
+    root = root or real_root()
     if root is None:
         return {"skipped": "no ISIC 2017 256-px set (ATTNMEL_ISIC2017_256 or ../shared/data/isic2017-256)"}
     from attnmel.data.datamodule import AttnMelDataModule
 
     with tempfile.TemporaryDirectory(prefix="attnmel-bench-real-") as tmp:
-        cfg = _recipe(root, Path(tmp))
+        cfg = _recipe(root, Path(tmp), overrides)
         dm = AttnMelDataModule(cfg, progress=False)
         t0 = time.perf_counter()
         ds = dm.dataset("train")

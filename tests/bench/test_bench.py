@@ -56,9 +56,11 @@ def test_data_bench_runs_on_tiny_images(tmp_path, monkeypatch) -> None:
     monkeypatch.setattr(bench_data, "SIZES", ((96, 72, 3),))
     monkeypatch.setattr(bench_data, "RESIZE", 48)
     monkeypatch.setattr(bench_data, "IMAGE_SIZE", 32)
+    monkeypatch.setenv("ATTNMEL_ISIC2017_256", str(tmp_path / "absent"))  # the real-set part: skipped here
     report = bench_data.run(tmp_path / "data.json", src_dir=tmp_path / "src")
     assert json.loads((tmp_path / "data.json").read_text()) == report
     assert report["n_images"] == 3 and set(report["ratios"]) == set(bench_data.TARGETS)
+    assert "skipped" in report["real"]
     assert report["all_pass"] == all(report["pass"].values())
 
 
@@ -81,3 +83,22 @@ def test_bench_evaluate_times_every_split_with_one_checkpoint_read(tmp_path, mon
     assert out["checkpoint_reads"] == 1 and out["wall_s"] > 0
     assert out["splits_scored"] == sorted(["classification"] + [f"classification_{s}" for s in SPLITS if s != "test"])
     assert json.loads((tmp_path / "evaluate.json").read_text())["images"] == out["images"]
+
+
+def test_real_set_data_bench_on_a_small_isic2017_tree(make_isic2017_tree, tmp_path, monkeypatch) -> None:
+    """The real-set part (issue 17) on a fake tree: every stage timed, the loop's wait share and its idle
+    projection computed by the documented rule."""
+    from attnmel.bench.data_real import idle_projection, run_real
+
+    root = make_isic2017_tree(counts={"train": (12, 6, 4), "val": (2, 1, 1), "test": (1, 1, 1)})
+    r = run_real(steps=2, items=4, root=root,
+                 overrides=["data.batch_size=4", "model.width=0.125", "data.num_workers=0", "data.resize=64",
+                            "data.image_size=32", "trainer.precision=32-true"])
+    assert set(r["stages_ms_per_image"]) == {"cache_read", "geometry", "colour_jitter", "to_float_normalise"}
+    assert r["slowest_stage"] == max(r["stages_ms_per_image"], key=r["stages_ms_per_image"].get)
+    assert 0 <= r["loop"]["wait_share"] <= 1 and r["loop"]["steps"] == 2
+    # by hand: 1 ms per image of data, batches of 10, 2 workers -> 5 ms per batch per worker; a 4 ms step of
+    # CPU on 2 threads -> 2 ms: the loader is 3 ms late, so 3 / (2 + 3) of the step is waiting
+    idle = idle_projection({"a": 0.4, "b": 0.6}, {"batch_size": 10, "num_workers": 2, "model_cpu_s_per_step": 0.004,
+                                                  "threads": 2})
+    assert idle["wait_share"] == pytest.approx(0.6) and idle["data_s_per_batch_per_worker"] == pytest.approx(0.005)
