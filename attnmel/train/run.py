@@ -59,6 +59,7 @@ def resolve_precision(cfg: dict) -> str:
 
     bf16 autocast with channels-last was the fastest setting of the model benchmark on a CPU with
     avx512_bf16 (about 2x fp32, same predicted classes); on a CPU without bf16 units it is emulated and slower.
+    ``ATTNMEL_BF16=off|on`` overrides the CPU's answer (:mod:`attnmel.models.precision`).
     """
     p = str(cfg["trainer"]["precision"])
     if p != "auto":
@@ -66,9 +67,9 @@ def resolve_precision(cfg: dict) -> str:
     accel = str(cfg["trainer"]["accelerator"])
     if accel in ("gpu", "cuda", "auto") and torch.cuda.is_available():
         return "bf16-mixed" if torch.cuda.is_bf16_supported() else "16-mixed"
-    from attnmel.models.precision import cpu_has_bf16
+    from attnmel.models.precision import has_fast_bf16
 
-    return "bf16-mixed" if cpu_has_bf16() else "32-true"
+    return "bf16-mixed" if has_fast_bf16("cpu") else "32-true"
 
 
 def _atomic_checkpoint_io():

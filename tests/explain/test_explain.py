@@ -330,6 +330,7 @@ def test_integrated_gradients_of_a_linear_model_is_input_times_weight() -> None:
         integrated_gradients_maps(model, x, targets, precision="fp8")
 
 
+@pytest.mark.precision
 def test_bf16_integrated_gradients_rank_like_fp32(model_and_images) -> None:
     from scipy.stats import spearmanr
 

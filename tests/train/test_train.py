@@ -42,6 +42,7 @@ def trained(synthetic_root, tmp_path_factory):
     return run_mod.train(cfg)
 
 
+@pytest.mark.precision  # trains under precision: auto
 def test_fit_lowers_the_loss_and_writes_the_run_folder(trained, synthetic_root):
     losses = _read_csv_metric(trained, "train_loss_epoch")
     assert len(losses) == 4
@@ -116,6 +117,7 @@ def test_corrupt_or_missing_checkpoint(trained, tmp_path, content):
         rundir.load_run(bad)
 
 
+@pytest.mark.precision  # resume must repeat the run under bf16 autocast as under fp32
 def test_resume_repeats_an_uninterrupted_run(synthetic_root, tmp_path):
     # lr halves every epoch, so a scheduler step lost or repeated on resume shows in the weights.
     sched = ("optim.step_size=1", "optim.gamma=0.5")
