@@ -6,6 +6,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 SPLITS = ("train", "val", "test")
+# The copy of a drawn (or user-given) split that training keeps in the run folder: the split that run trained on.
+RUN_SPLIT_FILE = "data_split.csv"
 
 
 @dataclass(frozen=True)
@@ -39,6 +41,8 @@ class DatasetIndex:
     samples: list[Sample]
     class_names: list[str]
     skipped: list[tuple[str, str]] = field(default_factory=list)  # (file or id, reason)
+    # Where the split's assignment is stored, for a split the dataset does not ship (drawn or data.split_file).
+    split_file: Path | None = None
 
     @property
     def melanoma_index(self) -> int:

@@ -1,7 +1,9 @@
 """The run folder, ``<out_dir>/<name>/``: its paths, config, checkpoints, metrics, predictions and lock.
 
 Layout: ``config.yaml`` (the full resolved config), ``checkpoints/best.ckpt`` (best validation metric) and
-``last.ckpt``, ``metrics.json``, ``predictions[_<split>].csv``, ``logs/`` (CSV + TensorBoard), ``report/``.
+``last.ckpt``, ``metrics.json``, ``predictions[_<split>].csv``, ``logs/`` (CSV + TensorBoard), ``report/``,
+``data_split.csv`` (a copy of the drawn or user-given split the run trained on, for datasets without official
+splits).
 
 Which config a run uses (one rule for every command): the checkpoint's embedded config defines the run.
 ``config.yaml`` may be edited in the keys of :data:`attnmel.config.RESUME_MAY_CHANGE` only (data paths,
@@ -21,7 +23,7 @@ from typing import TYPE_CHECKING, Any, Iterable, Iterator
 
 from attnmel import config as config_mod
 from attnmel.errors import AttnMelError, file_error
-from attnmel.io import write_json
+from attnmel.io import write_json, write_text
 
 if TYPE_CHECKING:  # torch is imported where a checkpoint is read: metrics readers (report index) stay light
     from torch import nn
@@ -218,3 +220,27 @@ def update_metrics(run_dir: str | Path, section: dict) -> dict:
     current.update(section)
     write_json(path, current)
     return current
+
+
+def record_split(run_dir: str | Path, split_file: Path | None) -> Path | None:
+    """Copy the split the run trains on (``split_file``: the drawn split in the cache, or ``data.split_file``)
+    into the run folder as ``data_split.csv``; ``None`` (the dataset ships its splits) writes nothing.
+
+    A resumed run keeps its first copy: if the stored split was edited since, it warns, since the continued
+    training then no longer sees the split the copy records."""
+    from attnmel.data.samples import RUN_SPLIT_FILE
+
+    if split_file is None:
+        return None
+    target = Path(run_dir) / RUN_SPLIT_FILE
+    try:
+        text = Path(split_file).read_text(encoding="utf-8")
+    except OSError as e:
+        raise file_error(split_file, f"cannot read the split ({e.strerror})") from None
+    if target.is_file():
+        if target.read_text(encoding="utf-8") != text:
+            log.warning("%s: the split changed since this run started (%s); the copy keeps the first one",
+                        target, split_file)
+        return target
+    write_text(target, text)
+    return target

@@ -9,7 +9,8 @@ Options (``opts``); a reader ignores those that do not apply to its dataset:
   test_fraction  ham10000: share of the drawn test split (default 0.2)
   seed           isic2016 / ham10000: seed of the drawn split (default 0). Not the run seed: the split is
                  written to disk and shared by every run
-  cache_dir      where a drawn split is written when the dataset root is read-only
+  cache_dir      where a drawn split is stored (never in the dataset root; see readers.splits), default
+                 .cache/attnmel
   labels_optional  isic2016 / isic2017: without the Part 3 label CSV (a Part 1-only download, for
                  segmentation) every image gets label 0 instead of an error
   split_file     isic2019 / isic2020: a user's split (CSV: image or lesion_id/patient_id, split) instead of
