@@ -97,7 +97,7 @@ def open_split(run_dir: str | Path, split: str, limit: int | None) -> Inputs:
     run = load_run(run_dir)
     if run.cfg.get("task", "classification") != "classification":
         raise file_error(run_dir, "a segmentation run: the attention report needs a classifier run")
-    dm = AttnMelDataModule(run.cfg, progress=False)
+    dm = AttnMelDataModule(run.cfg, progress=False, generate=False)
     ds = dm.dataset(split, train=False)  # the eval transform, one item per image, even for "train"
     if len(ds) == 0:
         raise file_error(dm.root, f"split '{split}' has no images")

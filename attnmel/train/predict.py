@@ -42,7 +42,7 @@ def predict_images(run_dir: str | Path, images: list[Path], overlay_dir: Path | 
         raise AttnMelError(f"{run_dir}: a segmentation run; use `attnmel segment`")
     for p in images:  # fail before any work on the first bad file, naming it
         load_image(p)
-    dm = AttnMelDataModule(run.cfg)
+    dm = AttnMelDataModule(run.cfg, generate=False)
     ds = dm.predict_dataset([Path(p) for p in images])
     loader = torch.utils.data.DataLoader(ds, batch_size=batch_size, shuffle=False, num_workers=0)
     rows: list[dict] = []

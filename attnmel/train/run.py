@@ -440,7 +440,7 @@ def evaluate(run_dir: str | Path, split: str = "test") -> dict:
         scores = evaluate_segmentation(run, split)
         update_metrics(run.run_dir, {"segmentation": scores, "split": split})
         return scores
-    dm = AttnMelDataModule(resolve_mask_source(run.cfg))
+    dm = AttnMelDataModule(resolve_mask_source(run.cfg), generate=False)
     loader = dm.eval_dataloader(split)
     use_svm = bool(run.cfg["model"].get("svm"))
     ids, probs, labels, *feats = predict_probs(run.model, loader, with_features=use_svm)

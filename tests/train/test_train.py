@@ -242,3 +242,24 @@ def test_cli_resume_of_a_moved_run_folder(synthetic_root, tmp_path, capsys):
     assert not (tmp_path / "a" / "r").exists()
     assert cli_main(["train", "--resume", str(tmp_path / "nope")]) == 2
     assert "not a run folder" in capsys.readouterr().err
+
+
+def test_evaluate_after_the_dataset_folder_is_gone_refuses_and_keeps_the_results(trained, tmp_path, capsys):
+    """A deleted synthetic set is not generated again (and scored as if it were the run's data): evaluate and
+    report end in one line naming the folder, and the run's metrics and predictions stay as they were."""
+    import shutil
+
+    run = Path(shutil.copytree(trained, tmp_path / "run"))
+    gone = tmp_path / "deleted-dataset"
+    (run / "config.yaml").write_text((run / "config.yaml").read_text().replace(_root_of(run), str(gone)))
+    before = {f: (run / f).read_bytes() for f in ("metrics.json", "predictions.csv")}
+    for argv in (["evaluate", str(run)], ["report", str(run), "--limit", "2"]):
+        assert cli_main(argv) == 2
+        err = capsys.readouterr().err.strip()
+        assert err.count("\n") == 0 and str(gone) in err and "not found" in err, err
+    assert not gone.exists()
+    assert {f: (run / f).read_bytes() for f in before} == before
+
+
+def _root_of(run: Path) -> str:
+    return config_mod.read_yaml(run / "config.yaml")["data"]["root"]
