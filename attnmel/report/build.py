@@ -33,7 +33,7 @@ from attnmel.errors import AttnMelError, file_error
 from attnmel.explain.attributions import DEFAULT_TARGET
 from attnmel.explain.methods import method_label, short_label
 from attnmel.explain.overlay import DEFAULT_OVERLAY_SIDE
-from attnmel.io import atomic_dir, write_text
+from attnmel.io import atomic_dir, atomic_path, write_text
 from attnmel.report.render import template_env
 
 log = logging.getLogger("attnmel.report")
@@ -481,7 +481,9 @@ def build_report(run_dir: str | Path, split: str = "test", integrated_gradients:
     attention = attention_section(inp, c, s, gallery, target)
     timings = {"load": inp.load_s, **c.timings, "classification": s.seconds}
     report_dir = inp.run_dir / "report"
-    with atomic_dir(report_dir) as out_dir:  # the previous report stays whole until this block has finished
+    # Every file of the new report, metrics.json's update included, is written beside the old ones and swapped in
+    # when all are complete (the folder, then metrics.json): a report killed half-way leaves both as they were.
+    with atomic_path(inp.run_dir / "metrics.json") as metrics_tmp, atomic_dir(report_dir) as out_dir:
         checks = run_checks(inp, c, s, out_dir / "figures", integrated_gradients, checks_options)
         attention.update(checks.metrics)
         timings.update(checks.timings)
@@ -495,9 +497,9 @@ def build_report(run_dir: str | Path, split: str = "test", integrated_gradients:
                            checks=checks)
         write_text(out_dir / "index.html", render_page(ctx))
         timings["render"] = time.perf_counter() - t0
+        timings["total"] = time.perf_counter() - t_start
+        _write_metrics(inp, s, attention, report_dir / "index.html", integrated_gradients, timings, metrics_tmp)
     path = report_dir / "index.html"
-    timings["total"] = time.perf_counter() - t_start
-    _write_metrics(inp, s, attention, path, integrated_gradients, timings)
     if reports_root is not None:
         _rebuild_index(Path(reports_root), inp.run_dir, runs_roots)
     return path
@@ -518,16 +520,18 @@ def run_checks(inp: Inputs, c: Collected, s: Scores, fig_dir: Path, integrated_g
 
 
 def _write_metrics(inp: Inputs, s: Scores, attention: dict[str, Any], path: Path, integrated_gradients: bool,
-                   timings: dict[str, float]) -> None:
-    from attnmel.train.rundir import update_metrics
+                   timings: dict[str, float], out: Path) -> None:
+    """The run's metrics.json with this report's sections, written to ``out`` (swapped in by the caller)."""
+    from attnmel.io import write_json
+    from attnmel.train.rundir import merged_metrics
 
     suffix = "" if inp.split == "test" else f"_{inp.split}"
-    update_metrics(inp.run_dir, {f"attention{suffix}": attention,
+    write_json(out, merged_metrics(inp.run_dir, {f"attention{suffix}": attention,
                                  f"report{suffix}": {"path": _rel(path, inp.run_dir), "n_images": len(s.labels),
                                                      "integrated_gradients": integrated_gradients,
                                                      "classification": {k: s.cls.get(k) for k in
                                                                         ("auc", "average_precision", "n_images")},
-                                                     "timings_s": {k: round(v, 3) for k, v in timings.items()}}})
+                                                     "timings_s": {k: round(v, 3) for k, v in timings.items()}}}))
 
 
 def _rebuild_index(reports_root: Path, run_dir: Path, runs_roots: Sequence[Path]) -> None:

@@ -208,8 +208,8 @@ def read_metrics(run_dir: str | Path) -> dict[str, Any]:
     return data or {}
 
 
-def update_metrics(run_dir: str | Path, section: dict) -> dict:
-    """Merge ``section`` into the run's ``metrics.json`` (written atomically)."""
+def merged_metrics(run_dir: str | Path, section: dict) -> dict:
+    """The run's ``metrics.json`` with ``section`` merged in (nothing written)."""
     path = Path(run_dir) / METRICS
     current: dict = {}
     if path.is_file():
@@ -218,7 +218,13 @@ def update_metrics(run_dir: str | Path, section: dict) -> dict:
             log.warning("%s: %s; rewritten", path, problem)
         current = data or {}
     current.update(section)
-    write_json(path, current)
+    return current
+
+
+def update_metrics(run_dir: str | Path, section: dict) -> dict:
+    """Merge ``section`` into the run's ``metrics.json`` (written atomically)."""
+    current = merged_metrics(run_dir, section)
+    write_json(Path(run_dir) / METRICS, current)
     return current
 
 
