@@ -305,6 +305,8 @@ class Explained:
     targets: torch.Tensor
     maps: dict[str, torch.Tensor]
     timings: dict[str, float] = field(default_factory=dict)
+    # IG's completeness error per image (B,): |sum of attributions - (f(x) - f(0))| / |f(x) - f(0)|.
+    ig_completeness: torch.Tensor | None = None
 
 
 def explain_batch(model: nn.Module, images: torch.Tensor, methods: Sequence[str] = ("attention", "gradcam", "cam"),
@@ -338,9 +340,20 @@ def explain_batch(model: nn.Module, images: torch.Tensor, methods: Sequence[str]
         maps["cam"] = cam_maps(net, x, fr.targets)
     if "gradcam" in methods:
         maps["gradcam"] = fr.gradcam
+    completeness = None
     if "ig" in methods:
         s = ig or IGSettings()
-        maps["ig"] = integrated_gradients_maps(model, images, fr.targets, s.n_steps, s.internal_batch_size,
-                                               s.precision, s.channels_last, s.fold_bn)
+        maps["ig"], delta = integrated_gradients_maps(model, images, fr.targets, s.n_steps, s.internal_batch_size,
+                                                      s.precision, s.channels_last, s.fold_bn, return_delta=True)
+        completeness = delta.abs() / _ig_gap(net, x, fr)
     timings["attributions"] += time.perf_counter() - t0
-    return Explained(logits=fr.logits, targets=fr.targets, maps=maps, timings=timings)
+    return Explained(logits=fr.logits, targets=fr.targets, maps=maps, timings=timings, ig_completeness=completeness)
+
+
+def _ig_gap(net: nn.Module, x: torch.Tensor, fr: ForwardResult) -> torch.Tensor:
+    """|f(x) - f(0)| of each image's explained class (B,): the total that IG's attributions must add up to, from
+    the forward's logits and one forward of the zero baseline (the same for every image)."""
+    with eval_mode(net), torch.no_grad():
+        f0 = net(torch.zeros_like(x[:1])).logits.float()[0].cpu()
+    rows = torch.arange(len(fr.targets))
+    return (fr.logits[rows, fr.targets] - f0[fr.targets]).abs().clamp_min(1e-6)

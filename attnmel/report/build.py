@@ -118,6 +118,7 @@ class Collected:
     lesion_px: list[int] = field(default_factory=list)
     per_image: list[dict[str, Any]] = field(default_factory=list)  # attention_quality rows
     by_case: dict[tuple[str, int], dict[str, Any]] = field(default_factory=dict)  # (method, position) -> row
+    ig_completeness: list[float] = field(default_factory=list)  # per image, with --ig
     timings: dict[str, float] = field(default_factory=lambda: {"data": 0.0, "inference": 0.0,
                                                                "attributions": 0.0, "scoring": 0.0})
 
@@ -156,6 +157,8 @@ def collect(inp: Inputs, integrated_gradients: bool, target: str | int = DEFAULT
         c.labels += [int(v) for v in batch["label"]]
         c.probs.append(torch.softmax(ex.logits, dim=1).numpy())
         c.maps += [{k: v[i] for k, v in maps.items()} for i in range(len(ids))]
+        if ex.ig_completeness is not None:
+            c.ig_completeness += ex.ig_completeness.tolist()
     return c
 
 
@@ -357,7 +360,7 @@ def attention_section(inp: Inputs, c: Collected, s: Scores, gallery: Gallery, ta
     n = len(c.ids)
     if not inp.has_masks:
         return {"available": False, "split": inp.split, "n_images": n, "limit": inp.limit,
-                "reason": _no_mask_reason(inp), "mean": {}, "per_image": []}
+                "reason": _no_mask_reason(inp), "mean": {}, "per_image": [], **_ig_completeness(c)}
     attention: dict[str, Any] = {
         "available": True, "split": inp.split, "n_images": n, "limit": inp.limit, "target": target,
         "threshold": 0.5, "thresholds": list(CURVE_THRESHOLDS), "order_rule": ORDER_RULE,
@@ -368,7 +371,22 @@ def attention_section(inp: Inputs, c: Collected, s: Scores, gallery: Gallery, ta
     }
     if _masks_note(inp):
         attention["masks_note"] = _masks_note(inp)
+    attention.update(_ig_completeness(c))
     return attention
+
+
+def _ig_completeness(c: Collected) -> dict[str, Any]:
+    """IG's completeness error over the split (``--ig``): its median and the share of images within 5 %."""
+    if not c.ig_completeness:
+        return {}
+    from attnmel.explain.attributions import IGSettings, ig_autocast
+
+    err = np.asarray(c.ig_completeness)
+    s = IGSettings()
+    bf16 = ig_autocast(s.precision, torch.device("cpu"))
+    return {"ig_completeness": {"median": round(float(np.median(err)), 4),
+                                "share_within_5_percent": round(float((err <= 0.05).mean()), 3),
+                                "n_steps": s.n_steps, "precision": "bf16" if bf16 else "fp32"}}
 
 
 def _masks_note(inp: Inputs) -> str:
