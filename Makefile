@@ -60,7 +60,7 @@ train: install
 	$(BIN)/attnmel train --config experiments/$(DATASET).yaml $(ROOT_ARG) $(ARGS)
 
 evaluate: install
-	$(BIN)/attnmel evaluate $(RUN) --split test
+	$(BIN)/attnmel evaluate $(RUN)
 
 report: install
 	$(BIN)/attnmel report $(RUN) --split test

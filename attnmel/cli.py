@@ -8,14 +8,34 @@ import sys
 from pathlib import Path
 
 from attnmel.errors import AttnMelError
+from attnmel.train.rundir import EXPORT, METRICS, ONNX_FILE, SIDECAR_FILE, RunDir
 
 EXPERIMENTS = Path("experiments")
 
 
+def _verbose_parent() -> argparse.ArgumentParser:
+    """``-v`` for every subcommand too (``attnmel evaluate RUN -v``); SUPPRESS keeps a ``-v`` given before the
+    subcommand from being reset by the subcommand's default."""
+    v = argparse.ArgumentParser(add_help=False)
+    v.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS,
+                   help="show debug logs and full tracebacks")
+    return v
+
+
+def _sub(sub: argparse._SubParsersAction, name: str, **kwargs) -> argparse.ArgumentParser:
+    """A subcommand's parser, which takes ``-v`` as well."""
+    return sub.add_parser(name, parents=[_verbose_parent()], **kwargs)
+
+
+def _add_device(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--device", default=None, choices=("auto", "cpu", "gpu", "cuda", "mps"),
+                   help="where the model runs (default: the run's trainer.accelerator; auto = the GPU when present)")
+
+
 def _add_data(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("data", help="dataset tools: synth, check, stats")
+    p = _sub(sub, "data", help="dataset tools: synth, check, stats")
     dsub = p.add_subparsers(dest="data_cmd", required=True)
-    s = dsub.add_parser("synth", help="write a synthetic lesion dataset in the ISIC 2017 layout")
+    s = _sub(dsub, "synth", help="write a synthetic lesion dataset in the ISIC 2017 layout")
     s.add_argument("--out", required=True, type=Path)
     s.add_argument("--n", type=int, default=600)
     s.add_argument("--size", type=int, default=96)
@@ -35,10 +55,15 @@ def _add_data(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--no-clutter", action="store_true", help="no label-independent rulers / lens corners")
     s.add_argument("--attributes", action="store_true",
                    help="lesions with the five ISIC 2018 Task 2 attributes, in the Task 2 layout")
-    c = dsub.add_parser("check", help="verify a download: images, labels and masks per split and class")
+    c = _sub(dsub, "check", help="verify a download: images, labels and masks per split and class")
     c.add_argument("--dataset", required=True)
     c.add_argument("--root", required=True, type=Path)
-    st = dsub.add_parser("stats", help="per-channel mean/std of a dataset's training split")
+    c.add_argument("--artefact-flags", type=Path, default=None, metavar="PATH",
+                   help="per-image artefact flags (CSV, or Reveal-to-Revise JSON): count them per split and class")
+    c.add_argument("--artefact-masks", type=Path, default=None, metavar="DIR", help="folder of artefact masks")
+    c.add_argument("--label-column", default=None, help="folder: the diagnosis column of labels.csv ...")
+    c.add_argument("--positive-class", default=None, help="... and its value that means melanoma")
+    st = _sub(dsub, "stats", help="per-channel mean/std of a dataset's training split")
     st.add_argument("--dataset", required=True)
     st.add_argument("--root", required=True, type=Path)
     st.add_argument("--split", default="train")
@@ -65,40 +90,52 @@ def _slurm_options(args: argparse.Namespace) -> dict:
             "mem_gb": args.mem_gb, "time_min": args.time_min, "account": args.account, "sbatch": args.sbatch}
 
 
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="attnmel", description="Interpretable attention-based melanoma classification.")
-    p.add_argument("-v", "--verbose", action="store_true", help="show debug logs and full tracebacks")
-    sub = p.add_subparsers(dest="cmd", required=True)
-    _add_data(sub)
-
-    t = sub.add_parser("train", help="train a model from a config into runs/<name>/")
-    t.add_argument("--config", type=Path, help="experiments/<dataset>.yaml")
-    t.add_argument("--resume", type=Path, metavar="RUN_DIR",
-                   help="continue an interrupted run from its last checkpoint")
-    t.add_argument("overrides", nargs="*",
-                   help="key=value overrides, e.g. trainer.max_epochs=5 data.root=/data/isic2017")
-
-    e = sub.add_parser("evaluate", help="score a run on a split: metrics.json and predictions.csv")
+def _add_run_commands(sub: argparse._SubParsersAction) -> None:
+    """The commands that use a trained run: evaluate, predict, report (each with ``--device``)."""
+    e = _sub(sub, "evaluate", help=f"score a run on a split: {METRICS} and {RunDir('.').predictions().name}")
     e.add_argument("run_dir", type=Path)
-    e.add_argument("--split", default="test",
-                   help="train, val or test; a synthetic set also has its extra test splits (test_reversed, ...)")
+    _add_external(e)
+    _add_device(e)
+    e.add_argument("--split", default=None,
+                   help="train, val or test; a synthetic set also has its extra test splits (test_reversed, ...); "
+                        "default: test, and for a shortcut benchmark val and every extra test split too, as after "
+                        "training (the run loaded once)")
 
-    pr = sub.add_parser("predict", help="class probabilities for images, optionally with attention overlays")
+    pr = _sub(sub, "predict", help="class probabilities for images, optionally with attention overlays")
     pr.add_argument("run_dir", type=Path)
+    _add_device(pr)
     pr.add_argument("images", nargs="+", type=Path)
     pr.add_argument("--overlay", type=Path, metavar="DIR", help="write a PNG per image with its attention maps")
     pr.add_argument("--overlay-size", type=int, default=1024, metavar="PX",
                     help="long side of each overlay panel in pixels (default 1024; smaller originals keep theirs)")
 
-    r = sub.add_parser("report", help="HTML attention-quality report of a run")
+    r = _sub(sub, "report", help="HTML attention-quality report of a run")
     r.add_argument("run_dir", type=Path)
+    _add_external(r)
+    _add_device(r)
     r.add_argument("--split", default="test", choices=["val", "test"])
     r.add_argument("--ig", action="store_true", help="also compute Integrated Gradients (slow)")
     r.add_argument("--limit", type=int, default=None, help="use at most this many images")
     r.add_argument("--overlay-size", type=int, default=1024, metavar="PX",
                    help="long side of each gallery panel in pixels (default 1024; smaller originals keep theirs)")
 
-    sw = sub.add_parser("sweep", help="run an ablation sweep: arms x seeds, then the summary")
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="attnmel", description="Interpretable attention-based melanoma classification.")
+    p.add_argument("-v", "--verbose", action="store_true", help="show debug logs and full tracebacks")
+    sub = p.add_subparsers(dest="cmd", required=True)
+    _add_data(sub)
+
+    t = _sub(sub, "train", help="train a model from a config into runs/<name>/")
+    t.add_argument("--config", type=Path, help="experiments/<dataset>.yaml")
+    t.add_argument("--resume", type=Path, metavar="RUN_DIR",
+                   help="continue an interrupted run from its last checkpoint")
+    t.add_argument("overrides", nargs="*",
+                   help="key=value overrides, e.g. trainer.max_epochs=5 data.root=/data/isic2017")
+
+    _add_run_commands(sub)
+
+    sw = _sub(sub, "sweep", help="run an ablation sweep: arms x seeds, then the summary")
     sw.add_argument("sweep_file", type=Path)
     sw.add_argument("--dataset", default=None, help="the dataset variant of the sweep (synthetic, isic2017, isic2016)")
     sw.add_argument("--jobs", type=int, default=None,
@@ -107,23 +144,32 @@ def build_parser() -> argparse.ArgumentParser:
     _add_launcher(sw)
     sw.add_argument("overrides", nargs="*", help="key=value overrides applied to every arm")
 
-    ex = sub.add_parser("export", help="export a run for deployment: model.onnx + model.json (no AttnMel needed)")
+    ex = _sub(sub, "export", help=f"export a run for deployment: {ONNX_FILE} + {SIDECAR_FILE} (no AttnMel needed)")
     ex.add_argument("run_dir", type=Path)
     ex.add_argument("--format", default="onnx", help="onnx (the only one so far)")
     ex.add_argument("--out", type=Path, default=None,
-                    help="folder for model.onnx and model.json (default: RUN_DIR/export)")
+                    help=f"folder for {ONNX_FILE} and {SIDECAR_FILE} (default: RUN_DIR/{EXPORT})")
 
-    sg = sub.add_parser("segment", help="write lesion masks (8-bit PNG, 0/255, image size) with a segmentation run")
+    sg = _sub(sub, "segment", help="write lesion masks (8-bit PNG, 0/255, image size) with a segmentation run")
     sg.add_argument("run_dir", type=Path)
+    _add_device(sg)
     sg.add_argument("images", nargs="+", type=Path)
     sg.add_argument("--out", type=Path, required=True)
     sg.add_argument("--attributes", action="store_true",
                     help="an attribute run (ISIC 2018 Task 2): one <id>_attribute_<name>.png per attribute")
 
-    d = sub.add_parser("demo", help="synthetic data -> train -> evaluate -> report, on a CPU in minutes")
+    d = _sub(sub, "demo", help="synthetic data -> train -> evaluate -> report, on a CPU in minutes")
     d.add_argument("--out", type=Path, default=Path("runs/demo"))
     d.add_argument("overrides", nargs="*")
     return p
+
+
+def _add_external(p: argparse.ArgumentParser) -> None:
+    """evaluate / report: another dataset to score (external validation) and keys that describe the data."""
+    p.add_argument("--dataset", default=None, help="score every image of another dataset (e.g. folder) ...")
+    p.add_argument("--root", type=Path, default=None, help="... in this folder; results under their own name")
+    p.add_argument("overrides", nargs="*", help="keys that describe the data, e.g. data.artefact_flags=PATH "
+                                                "data.artefact_masks=DIR data.label_column=dx")
 
 
 def _split_run_dir(out: Path) -> list[str]:
@@ -131,7 +177,7 @@ def _split_run_dir(out: Path) -> list[str]:
 
 
 # Subcommands whose positional ``overrides`` may come after options (`sweep FILE --dataset d key=value`).
-TAKES_OVERRIDES = ("train", "sweep", "demo")
+TAKES_OVERRIDES = ("train", "sweep", "demo", "evaluate", "report")
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -193,11 +239,12 @@ def dispatch(args: argparse.Namespace) -> int | None:
         if args.resume:
             from attnmel.train.rundir import resume_config
 
+            folder = RunDir(args.resume)
             if args.config is not None:
                 raise AttnMelError("train: --config and --resume do not combine: a resumed run keeps its own config "
-                                   f"({args.resume / 'config.yaml'}); give key=value for the keys that may change")
-            if not (args.resume / "config.yaml").is_file():
-                raise AttnMelError(f"{args.resume}: not a run folder (no config.yaml)")
+                                   f"({folder.config_file}); give key=value for the keys that may change")
+            if not folder.is_run():
+                raise AttnMelError(f"{args.resume}: not a run folder (no {folder.config_file.name})")
             # The folder the user named, wherever it has been moved since it was made.
             out = train(resume_config(args.resume, args.overrides), resume=True)
         else:
@@ -207,22 +254,30 @@ def dispatch(args: argparse.Namespace) -> int | None:
         _print_headline(out)
         return 0
     if args.cmd == "evaluate":
-        from attnmel.train.run import evaluate
+        from attnmel.train.run import evaluate, evaluate_tests
 
-        m = evaluate(args.run_dir, args.split)
+        if args.overrides or args.dataset or args.root:  # data-describing keys, or external data
+            m = evaluate(args.run_dir, args.split or "test", device=args.device, overrides=args.overrides,
+                         dataset=args.dataset, root=args.root)
+        else:
+            m = (evaluate_tests(args.run_dir, device=args.device) if args.split is None
+                 else evaluate(args.run_dir, args.split, device=args.device))
         print(_format_metrics(m))
+        if m.get("attention_jaccard"):  # external data with lesion masks
+            print("attention jaccard: " + "  ".join(f"{k}={v:.4f}" for k, v in m["attention_jaccard"].items()))
         return 0
     if args.cmd == "predict":
         from attnmel.train.predict import predict_images
 
         predict_images(args.run_dir, _expand_images(args.images), overlay_dir=args.overlay,
-                       overlay_size=args.overlay_size)
+                       overlay_size=args.overlay_size, device=args.device)
         return 0
     if args.cmd == "report":
         from attnmel.report.build import build_report
 
         path = build_report(args.run_dir, split=args.split, integrated_gradients=args.ig, limit=args.limit,
-                            overlay_size=args.overlay_size)
+                            overlay_size=args.overlay_size, device=args.device, overrides=args.overrides,
+                            dataset=args.dataset, root=args.root)
         print(f"report: {path}")
         return 0
     if args.cmd == "sweep":
@@ -239,10 +294,10 @@ def dispatch(args: argparse.Namespace) -> int | None:
               "preprocessing, parity)")
         return 0
     if args.cmd == "segment":
-        from attnmel.train.rundir import load_run
+        from attnmel.train.inference import open_run
         from attnmel.train.segment import segment_images
 
-        segment_images(load_run(args.run_dir), args.images, args.out, attributes=args.attributes)
+        segment_images(open_run(args.run_dir, args.device), args.images, args.out, attributes=args.attributes)
         return 0
     if args.cmd == "demo":
         return _demo(args)
@@ -290,7 +345,10 @@ def _data(args: argparse.Namespace) -> int:
     if args.data_cmd == "check":
         from attnmel.data.check import run_check
 
-        return run_check(args.dataset, args.root)
+        folder_opts = {k: v for k, v in (("label_column", args.label_column),
+                                         ("positive_class", args.positive_class)) if v is not None}
+        return run_check(args.dataset, args.root, artefact_flags=args.artefact_flags,
+                         artefact_masks=args.artefact_masks, **folder_opts)
     if args.data_cmd == "stats":
         from attnmel import config as config_mod
         from attnmel.data.readers import read_split
@@ -316,7 +374,7 @@ def _demo(args: argparse.Namespace) -> int:
         raise AttnMelError(f"{cfg_path}: not found (run the demo from the repository root)")
     out: Path = args.out
     cfg = config_mod.load_config(cfg_path, [*_split_run_dir(out), *args.overrides])
-    if (out / "checkpoints" / "best.ckpt").is_file():
+    if RunDir(out).best.is_file():
         print(f"demo: {out} already trained; re-evaluating (delete the folder to train again)")
         from attnmel.train.run import evaluate
 
@@ -344,11 +402,8 @@ def _format_metrics(m: dict) -> str:
 
 
 def _print_headline(run_dir: Path) -> None:
-    import json
-
-    path = Path(run_dir) / "metrics.json"
-    if path.is_file():
-        m = json.loads(path.read_text())
+    m = RunDir(run_dir).metrics()
+    if m:
         if "attributes" in m and not m.get("segmentation"):
             a = m["attributes"]
             print(f"{run_dir}: task2_jaccard={a['overall']:.4f}  task2_dice={a['micro_average']['dice']:.4f}  "

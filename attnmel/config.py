@@ -23,7 +23,8 @@ Config = dict[str, Any]
 # Keys a resumed run may change (a moved folder or dataset, more epochs, other hardware). Every other key
 # is the run's identity: the checkpoint's config wins, and asking to change it is refused in one line.
 RESUME_MAY_CHANGE = ("out_dir", "name", "data.root", "data.cache", "data.cache_dir", "data.num_workers",
-                     "data.eval_batch_size", "data.masks", "trainer.max_epochs", "trainer.accelerator",
+                     "data.eval_batch_size", "data.masks",
+                     "data.artefact_flags", "data.artefact_masks", "trainer.max_epochs", "trainer.accelerator",
                      "trainer.devices", "trainer.num_nodes", "trainer.strategy", "trainer.precision",
                      "trainer.progress_bar", "trainer.log_every_n_steps", "trainer.early_stopping_patience")
 
@@ -296,6 +297,9 @@ CHECKS: dict[str, Check] = {
     "data.crop_to_mask": _str(("crop", "masked"), none=True), "data.crop_margin": _NONNEG,
     "data.synthetic.n": _int(10), "data.synthetic.size": _int(32), "data.synthetic.spurious": _bool,
     "data.synthetic.seed": _int(0), "data.split_file": _path_or_null,
+    "data.label_column": _str(none=True), "data.positive_class": _str(none=True),
+    "data.artefact_flags": _path_or_null, "data.artefact_masks": _path_or_null,
+    "data.artefact_augment": _num(0.0, 1.0),
     # The generator (attnmel.data.synthetic) checks these again against its own tables when it runs.
     "data.synthetic.artefact": _str(("sticker", "ruler", "ink", "lens", "bubbles")),
     "data.synthetic.melanoma_rate": _num(0.0, 1.0), "data.synthetic.benign_rate": _num(0.0, 1.0),

@@ -17,3 +17,16 @@ class AttnMelError(Exception):
 def file_error(path: str | Path, problem: str) -> AttnMelError:
     """Build the standard ``<path>: <problem>`` error."""
     return AttnMelError(f"{path}: {problem}")
+
+
+class MissingMasksError(AttnMelError):
+    """A split lacks the lesion (or dermoscopic-feature) masks something needs.
+
+    Its own type so that a caller that can go on without masks (a sweep records why it scored no attention)
+    decides by type, never by the message's wording.
+    """
+
+
+def missing_masks(path: str | Path, problem: str) -> MissingMasksError:
+    """The ``<path>: <problem>`` form of :class:`MissingMasksError`."""
+    return MissingMasksError(f"{path}: {problem}")

@@ -266,3 +266,112 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(old)
+
+
+# -- the fault tests' run folders and tmpfs mounts (tests/_faults.py) -----------------------------------
+@pytest.fixture(scope="module")
+def trained_run(synthetic_root, tmp_path_factory) -> Path:
+    """One trained epoch (read-only: tests copy it before changing anything); for the slow tests."""
+    from attnmel.train.run import train
+    from tests import _faults
+
+    out = tmp_path_factory.mktemp("robust_runs")
+    return train(_faults.tiny_cfg(synthetic_root, out, "one"), evaluate_after=False)
+
+
+@pytest.fixture(scope="module")
+def made_run(synthetic_root, tmp_path_factory) -> Path:
+    """A run folder in the real format without training (untrained weights): fast, for the refusals and the
+    read-only commands. Read-only: tests copy it before changing anything."""
+    import torch
+
+    from attnmel.train.module import ClassificationModule
+    from tests import _faults
+
+    out = tmp_path_factory.mktemp("robust_made")
+    cfg = _faults.tiny_cfg(synthetic_root, out, "made")
+    run = out / "made"
+    (run / "checkpoints").mkdir(parents=True)
+    (run / "config.yaml").write_text(_faults.config_mod.dump(cfg))
+    module = ClassificationModule(cfg, ["other", "melanoma"], 1)
+    ckpt = {"state_dict": module.state_dict(), "epoch": 0, "global_step": 2}
+    module.on_save_checkpoint(ckpt)
+    for name in ("best.ckpt", "last.ckpt"):
+        torch.save(ckpt, run / "checkpoints" / name)
+    return run
+
+
+@pytest.fixture
+def tmpfs(tmp_path):
+    """``mount(name, size, *opts) -> path``: a small tmpfs under ``tmp_path`` (root only; skips otherwise)."""
+    import subprocess
+
+    from tests import _faults
+
+    mounted: list[Path] = []
+
+    def mount(name: str, size: str, *opts: str) -> Path:
+        path = tmp_path / name
+        _faults.mount_tmpfs(path, size, *opts)
+        mounted.append(path)
+        return path
+
+    yield mount
+    for p in reversed(mounted):
+        subprocess.run(["umount", "-l", str(p)], capture_output=True)
+
+
+# -- the real ISIC 2017 set at 256 px (../shared/data/isic2017-256): tests skip without it ------------------
+def _find_isic2017_256() -> Path | None:
+    """``$ATTNMEL_ISIC2017_256``, else ``shared/data/isic2017-256`` beside the clone (``../shared``) or beside the
+    folder of worktrees (``../../shared``)."""
+    if os.environ.get("ATTNMEL_ISIC2017_256"):
+        return Path(os.environ["ATTNMEL_ISIC2017_256"])
+    repo = Path(__file__).resolve().parents[1]
+    for base in (repo.parent, repo.parent.parent):
+        if (base / "shared/data/isic2017-256").is_dir():
+            return base / "shared/data/isic2017-256"
+    return None
+
+
+@pytest.fixture(scope="session")
+def isic2017_256() -> Path:
+    """The real ISIC 2017 tree at 256 px (read-only: never write into it); skips when absent."""
+    root = _find_isic2017_256()
+    if root is None or not root.is_dir():
+        pytest.skip("no real ISIC 2017 set (../shared/data/isic2017-256)")
+    return root
+
+
+def copy_real_isic2017(src: Path, dst: Path, counts: dict[str, int], masks: dict[str, int] | None = None,
+                       size: int | None = None) -> Path:
+    """A small ISIC 2017 tree at ``dst`` from the first ``counts[split]`` images of each split of the real tree
+    ``src`` (the official CSV's order, melanomas first so every split has both classes), with the first
+    ``masks[split]`` of their lesion masks (default: all the split has); ``size``: images and masks resized to
+    ``size`` x ``size`` (another geometry than the 256-px tree). Nothing is written into ``src``."""
+    import csv
+
+    tags = {"train": "Training", "val": "Validation", "test": "Test_v2"}
+    for split, n in counts.items():
+        tag = tags[split]
+        with open(src / f"ISIC-2017_{tag}_Part3_GroundTruth.csv", newline="") as fh:
+            rows = list(csv.DictReader(fh))
+        rows = sorted(rows, key=lambda r: -float(r["melanoma"]))[: n // 2] + \
+            [r for r in rows if not float(r["melanoma"])][: n - n // 2]
+        (dst / f"ISIC-2017_{tag}_Data").mkdir(parents=True, exist_ok=True)
+        with open(dst / f"ISIC-2017_{tag}_Part3_GroundTruth.csv", "w", newline="") as fh:
+            w = csv.DictWriter(fh, fieldnames=["image_id", "melanoma", "seborrheic_keratosis"])
+            w.writeheader()
+            w.writerows({k: r[k] for k in w.fieldnames} for r in rows)
+        n_masks = len(rows) if masks is None or split not in masks else masks[split]
+        for i, r in enumerate(rows):
+            image = Image.open(src / f"ISIC-2017_{tag}_Data" / f"{r['image_id']}.jpg")
+            image = image.resize((size, size), Image.BILINEAR) if size else image
+            image.save(dst / f"ISIC-2017_{tag}_Data" / f"{r['image_id']}.jpg", quality=95)
+            mask_src = src / f"ISIC-2017_{tag}_Part1_GroundTruth" / f"{r['image_id']}_segmentation.png"
+            if i < n_masks and mask_src.is_file():
+                mask = Image.open(mask_src)
+                mask = mask.resize((size, size), Image.NEAREST) if size else mask
+                (dst / f"ISIC-2017_{tag}_Part1_GroundTruth").mkdir(exist_ok=True)
+                mask.save(dst / f"ISIC-2017_{tag}_Part1_GroundTruth" / mask_src.name)
+    return dst

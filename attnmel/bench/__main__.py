@@ -9,7 +9,7 @@ import sys
 import time
 from pathlib import Path
 
-PARTS = ("data", "cache_scale", "model", "segmentation", "report", "train", "export")
+PARTS = ("data", "cache_scale", "model", "segmentation", "report", "train", "export", "evaluate")
 
 
 def main(argv: list[str] | None = None) -> int:

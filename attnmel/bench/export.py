@@ -37,7 +37,8 @@ def run(out_json: Path = Path("reports/bench/export.json"), size: int | None = N
 
     from attnmel.models.vgg import AttnMelCNN
     from attnmel.train.export import _ClassifierGraph, _export_onnx
-    from attnmel.train.run import resolve_precision
+    from attnmel.train.inference import resolve_precision
+    from attnmel.train.rundir import ONNX_FILE
 
     tiny = os.environ.get("ATTNMEL_BENCH_TINY") == "1"
     size = size or (64 if tiny else 224)
@@ -49,7 +50,7 @@ def run(out_json: Path = Path("reports/bench/export.json"), size: int | None = N
     names = ["probabilities", "attention_pool3", "attention_pool4"]
     x = torch.randn(batch, 3, size, size)
     with tempfile.TemporaryDirectory(prefix="attnmel-bench-export-") as tmp:
-        path = Path(tmp) / "model.onnx"
+        path = Path(tmp) / ONNX_FILE
         t0 = time.perf_counter()
         _export_onnx(graph, x, path, names)
         export_s = time.perf_counter() - t0

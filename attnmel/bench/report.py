@@ -36,6 +36,7 @@ import torch
 
 from attnmel.errors import AttnMelError
 from attnmel.io import atomic_path, write_json, write_text
+from attnmel.train.rundir import RunDir
 
 N_TEST = 600
 IMAGE_SIZE = 224
@@ -47,7 +48,7 @@ PER_IMAGE_PARTS = ("data", "inference", "attributions", "scoring")
 
 def make_untrained_run(run_dir: Path, data_root: Path, *, image_size: int = IMAGE_SIZE, model: str = "attnmel",
                        width: float = 1.0, cache_dir: Path | None = None, overrides: Sequence[str] = ()) -> Path:
-    """A run folder (config.yaml + checkpoints/best.ckpt, as training writes them) with untrained weights."""
+    """A run folder (its config and best checkpoint, as training writes them) with untrained weights."""
     from attnmel import config as config_mod
     from attnmel.data.datamodule import AttnMelDataModule
     from attnmel.train.module import ClassificationModule
@@ -64,8 +65,9 @@ def make_untrained_run(run_dir: Path, data_root: Path, *, image_size: int = IMAG
     ckpt = {"state_dict": module.state_dict(), "epoch": 0, "global_step": 0}
     module.on_save_checkpoint(ckpt)
     run_dir.mkdir(parents=True, exist_ok=True)
-    write_text(run_dir / "config.yaml", config_mod.dump(cfg))
-    with atomic_path(run_dir / "checkpoints" / "best.ckpt") as tmp:
+    folder = RunDir(run_dir)
+    write_text(folder.config_file, config_mod.dump(cfg))
+    with atomic_path(folder.best) as tmp:
         torch.save(ckpt, tmp)
     return run_dir
 
@@ -285,11 +287,11 @@ def run(out_json: Path, limit: int | None = None, integrated_gradients: bool = F
         build_report(run_dir, split="test", integrated_gradients=integrated_gradients, limit=limit,
                      reports_root=None)
         wall, cpu = time.perf_counter() - t0, _cpu_s() - cpu0
-        metrics = json.loads((run_dir / "metrics.json").read_text(encoding="utf-8"))
+        metrics = RunDir(run_dir).metrics()
         ig_timings = None
         if ig_images:
             build_report(run_dir, split="test", integrated_gradients=True, limit=ig_images, reports_root=None)
-            ig_timings = json.loads((run_dir / "metrics.json").read_text(encoding="utf-8"))["report"]["timings_s"]
+            ig_timings = RunDir(run_dir).metrics()["report"]["timings_s"]
     out = _summary(metrics["report"], n_split, wall, cpu, integrated_gradients,
                    {"generate_dataset": round(t_generate, 1), "build_cache": round(t_cache, 1)},
                    ig_timings, ig_images)

@@ -32,6 +32,7 @@ import numpy as np
 from PIL import Image
 
 from attnmel.io import write_json
+from attnmel.train.rundir import RunDir
 
 SPLITS = {"train": "Training", "val": "Validation", "test": "Test_v2"}
 # (width, height, share of images): ISIC 2017 is mostly ~1024x768 with a tail of large dermatoscope images.
@@ -171,7 +172,7 @@ def train_config(root: Path, mode: dict[str, Any], out: Path, cache_dir: Path) -
 def bare_step(cfg: dict[str, Any], device: str) -> dict[str, Any]:
     """The model step alone, at the run's size, batch, precision and memory format."""
     from attnmel.bench.model import measure
-    from attnmel.train.run import resolve_precision
+    from attnmel.train.inference import resolve_precision
 
     precision = "bf16" if resolve_precision(cfg).startswith("bf16") else "fp32"
     size, batch = int(cfg["data"]["image_size"]), int(cfg["data"]["batch_size"])
@@ -188,7 +189,8 @@ def run(out_json: Path = Path("reports/bench/train.json"), mode_name: str | None
 
     import torch
 
-    from attnmel.train.run import resolve_precision, train
+    from attnmel.train.inference import resolve_precision
+    from attnmel.train.run import train
 
     mode_name = mode_name or os.environ.get("ATTNMEL_BENCH_TRAIN_MODE", "cpu")
     mode = MODES[mode_name]
@@ -205,7 +207,7 @@ def run(out_json: Path = Path("reports/bench/train.json"), mode_name: str | None
         t_call = time.perf_counter()
         train(cfg, callbacks=[timer])
         t_total = time.perf_counter() - t_call
-        metrics = json.loads((run_dir / "metrics.json").read_text())
+        metrics = RunDir(run_dir).metrics()
         report = _report(run_dir) if (report_images if report_images is not None else mode_name == "gpu") else None
     steps, waits = np.array(timer.steps), np.array(timer.waits)
     loop = float(steps.sum() + waits.sum())
@@ -247,6 +249,6 @@ def _report(run_dir: Path) -> dict[str, Any]:
     t0 = time.perf_counter()
     build_report(run_dir, split="test", reports_root=None)
     wall = time.perf_counter() - t0
-    rep = json.loads((run_dir / "metrics.json").read_text())["report"]
+    rep = RunDir(run_dir).metrics()["report"]
     return {"n_images": rep.get("n_images"), "wall_s": round(wall, 1), "timings_s": rep.get("timings_s")}
 

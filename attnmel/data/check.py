@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from attnmel.data.readers import ATTRIBUTES, DATASETS, NUM_CLASSES, SEGMENTATION_ONLY, read_split
+from attnmel.data.readers import ATTRIBUTES, dataset_info, read_split
 from attnmel.data.readers._common import NO_IMAGE, NO_LABEL, check_root
 from attnmel.data.readers.validate import inspect_all
 from attnmel.data.samples import SPLITS
@@ -36,6 +36,9 @@ class SplitCheck:
     small_images: list[str] = field(default_factory=list)  # short side under SMALL_SIDE px
     attributes: dict[str, int] = field(default_factory=dict)  # ISIC 2018 Task 2: images with each attribute
     split_file: Path | None = None  # where a drawn (or user-given) split is stored
+    # data.artefact_flags / data.artefact_masks: per class, images the flags cover, carrying each artefact,
+    # and with an artefact mask (attnmel.data.artefacts.counts_by)
+    artefacts: dict[str, dict[str, int]] = field(default_factory=dict)
     error: str | None = None
 
     @property
@@ -144,21 +147,61 @@ def check_dataset(dataset: str, root: str | Path, **opts: Any) -> CheckResult:
     A missing or empty root, or an unknown dataset name, raises :class:`AttnMelError`; a problem confined to
     one split (a missing folder, a malformed CSV) is recorded in that split's row instead.
     """
-    if dataset not in DATASETS:
-        raise AttnMelError(f"unknown dataset {dataset!r} (known: {', '.join(DATASETS)})")
+    info = dataset_info(dataset)
     root = check_root(root)
     # The richest class list shows most, but synthetic data has no seborrheic keratoses to show.
-    k = 2 if dataset == "synthetic" else max(NUM_CLASSES[dataset])
+    k = 2 if dataset == "synthetic" else max(info.num_classes)
     opts.pop("validate", None)  # check opens every file itself, collecting rather than stopping
+    flags_path, masks_dir = opts.pop("artefact_flags", None), opts.pop("artefact_masks", None)
     # The readers' warnings say what the table says; keep the output to the table.
     data_log = logging.getLogger("attnmel.data")
     level = data_log.level
     data_log.setLevel(logging.ERROR)
     try:
         splits = [check_split(dataset, root, s, k, **opts) for s in SPLITS]
+        if flags_path or masks_dir:
+            count_artefacts(dataset, root, splits, k, flags_path, masks_dir, **opts)
     finally:
         data_log.setLevel(level)
     return CheckResult(dataset, root, splits)
+
+
+def count_artefacts(dataset: str, root: Path, splits: list[SplitCheck], num_classes: int,
+                    flags_path: str | Path | None, masks_dir: str | Path | None, **opts: Any) -> None:
+    """Fill each split's ``artefacts`` table: per class, how many images carry each flagged artefact (and
+    have an artefact mask): the correlation between artefact and label that a model could learn."""
+    from attnmel.data.artefacts import counts_by, list_artefact_masks, read_flags
+
+    indexes = [read_split(dataset, root, s.split, num_classes=num_classes, **opts) for s in splits if not s.error]
+    ids = [x.image_id for idx in indexes for x in idx.samples]
+    flags = read_flags(flags_path, ids) if flags_path else None
+    masks = list_artefact_masks(masks_dir, ids) if masks_dir else {}
+    for s, idx in zip([s for s in splits if not s.error], indexes):
+        s.artefacts = counts_by(flags, idx.samples, idx.class_names) if flags else {
+            c: {"n": s.images.get(c, 0)} for c in idx.class_names}
+        for x in idx.samples:
+            row = s.artefacts[idx.class_names[x.label]]
+            row["artefact mask"] = row.get("artefact mask", 0) + int(x.image_id in masks)
+
+
+def render_artefacts(result: CheckResult, console: Any) -> None:
+    """The artefact table: split x class rows, one column per artefact."""
+    from rich.table import Table
+
+    cols = list(dict.fromkeys(k for s in result.splits for row in s.artefacts.values() for k in row))
+    if not cols:
+        return
+    table = Table(title="artefacts (images carrying each, per split and class)")
+    table.add_column("split")
+    table.add_column("class")
+    for c in cols:
+        table.add_column("images" if c == "n" else "flagged" if c == "covered" else c, justify="right")
+    for s in result.splits:
+        for cls, row in s.artefacts.items():
+            table.add_row(s.split, cls, *[str(row.get(c, 0)) for c in cols])
+        if s.artefacts:
+            table.add_section()
+    console.print(table)
 
 
 def render_check(result: CheckResult, console: Any = None) -> None:
@@ -173,7 +216,7 @@ def render_check(result: CheckResult, console: Any = None) -> None:
     def say(line: str) -> None:
         console.print(line, markup=False, highlight=False, soft_wrap=True)
 
-    labelled = result.dataset not in SEGMENTATION_ONLY
+    labelled = not dataset_info(result.dataset).segmentation_only
     table = Table(title=escape(f"{result.dataset}: {result.root}"))
     table.add_column("split")
     table.add_column("class" if labelled else "")
@@ -194,6 +237,7 @@ def render_check(result: CheckResult, console: Any = None) -> None:
         names = "/".join(s.split for s in result.splits if s.split_file == path)
         say(f"{names}: split stored in {path} (not in the dataset folder; edit it to change the split, or give "
             f"data.split_file)")
+    render_artefacts(result, console)
     for s in result.splits:
         if s.error:
             continue

@@ -19,7 +19,6 @@ global RNG.
 from __future__ import annotations
 
 import logging
-import os
 import random
 from pathlib import Path
 from typing import Any, Mapping, Sequence
@@ -41,8 +40,9 @@ from attnmel.data.cache import (
 )
 from attnmel.data.samples import DatasetIndex
 from attnmel.data.transforms import BaseSpec, EvalTransform, TrainTransform, normalization_from_cfg
-from attnmel.errors import AttnMelError, file_error
+from attnmel.errors import AttnMelError, file_error, missing_masks
 from attnmel.losses.regularisers import needs_masks
+from attnmel.ranks import process_rank
 
 log = logging.getLogger("attnmel.data")
 
@@ -54,24 +54,6 @@ DEFAULT_CLASS_NAMES = {
 
 
 # ------------------------------------------------------------------------------------------ seeding
-
-
-def process_rank() -> int:
-    """This process's global rank: 0 for a single process and for the first process of a DDP job.
-
-    The one place that reads the launchers' variables: ``RANK`` (torchrun, and Lightning once DDP is set
-    up), ``SLURM_PROCID`` (srun), else Lightning's own launcher's ``NODE_RANK`` / ``LOCAL_RANK`` (its extra
-    processes get these before ``RANK`` exists).
-    """
-    env = os.environ
-    for var in ("RANK", "SLURM_PROCID"):
-        if env.get(var, "").isdigit():
-            return int(env[var])
-    local = int(env["LOCAL_RANK"]) if env.get("LOCAL_RANK", "").isdigit() else 0
-    node_var = env.get("NODE_RANK", env.get("GROUP_RANK", ""))
-    node = int(node_var) if node_var.isdigit() else 0
-    per_node = int(env["LOCAL_WORLD_SIZE"]) if env.get("LOCAL_WORLD_SIZE", "").isdigit() else 1024
-    return node * per_node + local
 
 
 def seed_worker(worker_id: int) -> None:
@@ -135,8 +117,9 @@ class AttnMelDataset(Dataset):
     def __init__(self, index: DatasetIndex, source: PreprocessCache | DecodeSource,
                  transform: TrainTransform | EvalTransform, rows: Sequence[int] | None = None,
                  with_mask: bool = False, with_dermo: bool = False, seed: int = 0,
-                 with_artefact: bool = False, with_attributes: int = 0) -> None:
+                 with_artefact: bool = False, with_attributes: int = 0, paster: Any = None) -> None:
         self.index, self.source, self.transform = index, source, transform
+        self.paster = paster  # attnmel.data.artefacts.ArtefactPaster (data.artefact_augment) or None
         self.rows = np.asarray(rows if rows is not None else range(len(index.samples)), dtype=np.int64)
         self.with_mask, self.with_dermo, self.with_artefact = with_mask, with_dermo, with_artefact
         self.with_attributes = int(with_attributes)  # how many attribute masks the batch carries (0: none)
@@ -177,6 +160,9 @@ class AttnMelDataset(Dataset):
         if self.with_attributes:
             masks["attributes"] = unpack_attributes(self.source.attributes(i), self.with_attributes)
         out = self.transform(img, masks, generator=gen)
+        if self.paster is not None:
+            lesion = out["mask"][0] > 0.5 if "mask" in out else None
+            out["image"] = self.paster(out["image"], lesion, gen)
         sample = self.index.samples[i]
         out["label"] = torch.tensor(sample.label, dtype=torch.long)
         out["image_id"] = sample.image_id
@@ -241,16 +227,6 @@ def _oversample_factors(setting: Any, class_names: Sequence[str]) -> int | dict[
 # ------------------------------------------------------------------------------------------ module
 
 
-def is_segmentation_run(path: str | Path) -> bool:
-    """Whether ``data.masks`` names a run folder (it has a ``config.yaml``) rather than a folder of masks."""
-    return (Path(path) / "config.yaml").is_file()
-
-
-def predicted_masks_dir(seg_run_dir: str | Path, dataset: str) -> Path:
-    """Where a segmentation run keeps its masks of a dataset: ``<run>/masks/<dataset>/``."""
-    return Path(seg_run_dir) / "masks" / dataset
-
-
 class AttnMelDataModule(pl.LightningDataModule):
     """Train/val/test data for one config.
 
@@ -278,22 +254,19 @@ class AttnMelDataModule(pl.LightningDataModule):
         self.need_masks = key == "mask" if need_masks is None else bool(need_masks)
         self.need_dermo = key == "dermo" if need_dermo is None else bool(need_dermo)
         self.segmentation = cfg.get("task") == "segmentation"
-        from attnmel.data.readers import ATTRIBUTE_DATASETS
+        from attnmel.data.readers import dataset_info
 
         # Segmentation on an attribute dataset learns the five Task 2 masks, not the lesion mask.
-        self.attribute_target = self.segmentation and self.dataset_name in ATTRIBUTE_DATASETS
+        self.attribute_target = self.segmentation and dataset_info(self.dataset_name).attributes
         self.spec = BaseSpec.from_cfg(self.data_cfg)
         self.mean, self.std = normalization_from_cfg(self.data_cfg)
         self.image_size = int(self.data_cfg["image_size"])
+        # A folder of masks: ``data.masks`` naming a segmentation run is resolved to its masks folder once, by
+        # the train layer (attnmel.train.masks.resolve_mask_source), before any DataModule is built.
         self.masks_dir = Path(self.data_cfg["masks"]) if self.data_cfg.get("masks") else None
-        if self.masks_dir is not None and is_segmentation_run(self.masks_dir):
-            # The train layer (attnmel.train.run.resolve_mask_source) predicts a segmentation run's masks
-            # before a DataModule is built; here they are only read (a missing folder is reported on use).
-            self.masks_dir = predicted_masks_dir(self.masks_dir, self.dataset_name)
         self._indexes: dict[str, DatasetIndex] = dict(indexes or {})
         self._datasets: dict[str, AttnMelDataset] = {}
         self._loaders: dict[str, DataLoader] = {}
-        self.predict_paths: list[Path] = []
 
     # -------------------------------------------------------------------------------- reading
     def prepare_data(self) -> None:
@@ -332,11 +305,17 @@ class AttnMelDataModule(pl.LightningDataModule):
             # split is shared by every run, whatever the run's seed.
             self._indexes[split] = read_split(self.dataset_name, self.root, split,
                                               num_classes=int(self.data_cfg["num_classes"]),
-                                              val_fraction=float(self.data_cfg.get("val_fraction", 0.2)),
                                               cache_dir=self.data_cfg.get("cache_dir") or ".cache/attnmel",
-                                              labels_optional=self.segmentation,
-                                              split_file=self.data_cfg.get("split_file"))
+                                              labels_optional=self.segmentation, **self._reader_options())
         return self._indexes[split]
+
+    def _reader_options(self) -> dict[str, Any]:
+        """The reader options the config sets (``data.val_fraction``, ``data.split_file``, ...); one set for a
+        dataset it does not apply to is refused by ``read_split`` in one line naming the key."""
+        from attnmel.config import defaults
+        from attnmel.data.readers import options_from_config
+
+        return options_from_config(self.dataset_name, dict(self.data_cfg), defaults()["data"])
 
     @property
     def class_names(self) -> list[str]:
@@ -378,7 +357,7 @@ class AttnMelDataModule(pl.LightningDataModule):
                     else "; use isic2017 (Part 2) or isic2018_task2 (attribute masks), or another regulariser")
             if what == "mask" and self.masks_dir is not None:
                 hint = f"; {self.masks_dir} does not have them all either"
-            raise file_error(self.root, f"dataset '{self.dataset_name}' has no {kind} for {missing} of {len(have)} "
+            raise missing_masks(self.root, f"dataset '{self.dataset_name}' has no {kind} for {missing} of {len(have)} "
                                         f"{split} images, and {user} needs them{hint}")
         return complete
 
@@ -410,24 +389,36 @@ class AttnMelDataModule(pl.LightningDataModule):
                 raise file_error(self.root, f"dataset '{self.dataset_name}' {split}: every image needs its "
                                             "attribute masks for attribute segmentation")
             with_attributes = len(index.samples[0].attributes)
+        paster = self._artefact_paster(split) if train and float(self.data_cfg.get("artefact_augment") or 0) else None
         ds = AttnMelDataset(index, source, transform, rows, with_mask=with_mask, with_dermo=with_dermo,
                             seed=self.seed + (0 if train else 1), with_artefact=with_artefact,
-                            with_attributes=with_attributes)
+                            with_attributes=with_attributes, paster=paster)
         self._datasets[name] = ds
         return ds
 
-    def require_masks(self, key: str, reason: str | None = None, split: str = "train") -> None:
-        """Raise a one-line error unless ``split``'s batches carry ``key`` ("mask"/"lesion"/"background" or
-        "dermo"); ``reason`` names what needs them (e.g. ``loss.regulariser=lesion``)."""
-        key = "dermo" if key == "dermo" else "mask"
-        ds = self.dataset(split)
-        if (ds.with_mask if key == "mask" else ds.with_dermo):
-            return
-        kind = "lesion masks" if key == "mask" else "dermoscopic-feature masks (ISIC 2017 Part 2)"
-        have = int((ds.source.has_mask if key == "mask" else ds.source.has_dermo).sum())
-        hint = "; give data.masks=<folder of predicted masks>" if key == "mask" else ""
-        raise file_error(self.root, f"dataset '{self.dataset_name}' has no {kind} for {len(ds.source) - have} of "
-                                    f"{len(ds.source)} {split} images, and {reason or 'the run'} needs them{hint}")
+    def _artefact_paster(self, split: str) -> Any:
+        """``data.artefact_augment``: the cut-outs of every ``split`` image with a (non-empty) artefact mask in
+        ``data.artefact_masks``, cut through the eval geometry (:class:`~attnmel.data.artefacts.ArtefactPaster`)."""
+        from attnmel.data.artefacts import ArtefactPaster, cutout, list_artefact_masks, network_mask
+
+        folder = self.data_cfg.get("artefact_masks")
+        if not folder:
+            raise AttnMelError("config: data.artefact_augment needs data.artefact_masks (the artefacts to paste)")
+        index = self.index(split)
+        masks = list_artefact_masks(folder, [s.image_id for s in index.samples])
+        plain = self.dataset(split, train=False)
+        cuts = []
+        for k, s in enumerate(index.samples):
+            if s.image_id in masks:
+                cut = cutout(plain[k]["image"], network_mask(masks[s.image_id], s.image, self.spec, self.image_size),
+                             s.image_id)
+                if cut is not None:
+                    cuts.append(cut)
+        if not cuts:
+            raise file_error(Path(folder), f"no artefact to paste: every mask of a {split} image is empty")
+        log.info("artefact augmentation: %d cut-outs from %s, on %.0f %% of training images", len(cuts), folder,
+                 100 * float(self.data_cfg["artefact_augment"]))
+        return ArtefactPaster(cuts, float(self.data_cfg["artefact_augment"]))
 
     def setup(self, stage: str | None = None) -> None:
         """Read and cache the splits the stage needs (fit: train + val; validate: val; test: test)."""
@@ -467,10 +458,3 @@ class AttnMelDataModule(pl.LightningDataModule):
     def val_dataloader(self) -> DataLoader:
         return self._split_loader("val")
 
-    def test_dataloader(self) -> DataLoader:
-        return self._split_loader("test")
-
-    def predict_dataloader(self) -> DataLoader:
-        if not self.predict_paths:
-            raise AttnMelError("no images to predict (set AttnMelDataModule.predict_paths)")
-        return self.loader(self.predict_dataset(self.predict_paths))

@@ -6,8 +6,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 SPLITS = ("train", "val", "test")
-# The copy of a drawn (or user-given) split that training keeps in the run folder: the split that run trained on.
-RUN_SPLIT_FILE = "data_split.csv"
 
 
 @dataclass(frozen=True)

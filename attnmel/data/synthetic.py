@@ -52,21 +52,21 @@ from typing import Any, Callable
 import numpy as np
 from PIL import Image
 
+# Extra test splits (same lesions as `test`, other artefacts): their folder tags belong to the reader.
+from attnmel.data.readers.generated import CONDITIONS, EXTRA_TEST_TAGS, MARKER
+from attnmel.data.readers.isic2017 import ISIC2017_TAGS
 from attnmel.errors import AttnMelError, file_error
 from attnmel.io import write_json, write_text
 
-MARKER = "attnmel_synthetic.json"
 TRUTH = "attnmel_synthetic_truth.csv"
-SPLIT_TAGS = {"train": "Training", "val": "Validation", "test": "Test_v2"}
+# Written in the ISIC 2017 layout, with its first tag per split (Test_v2 for test).
+SPLIT_TAGS = {split: tags[0] for split, tags in ISIC2017_TAGS.items()}
 SPLIT_SHARES = {"train": 0.6, "val": 0.2, "test": 0.2}
 MELANOMA_RATE = 0.35
 FIRST_ID = 9_000_000  # above the real ISIC ids, so a synthetic image is recognisable by its id
 GRID = 12  # superpixels per side
 
 ARTEFACTS = ("sticker", "ruler", "ink", "lens", "bubbles")
-CONDITIONS = ("shortcut", "balanced", "reversed", "absent")
-# Extra test splits (same lesions as `test`, other artefacts): read for the synthetic dataset only.
-EXTRA_TEST_TAGS = {f"test_{c}": f"Test_{c.capitalize()}" for c in CONDITIONS}
 ARTEFACT_DIR = "ISIC-2017_{tag}_Artefact_GroundTruth"
 ARTEFACT_SUFFIX = "_artefact.png"
 

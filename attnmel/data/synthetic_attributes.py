@@ -27,7 +27,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from attnmel.data.readers.isic2018_task2 import ATTRIBUTES, SPLIT_TAGS, attribute_file_name
+from attnmel.data.readers._common import SPLIT_TAGS
+from attnmel.data.readers.isic2018_task2 import ATTRIBUTES, attribute_file_name
 from attnmel.data.synthetic import FIRST_ID, MARKER, SPLIT_SHARES, _lesion_shape, _smooth_noise
 from attnmel.errors import AttnMelError, file_error
 from attnmel.io import write_json

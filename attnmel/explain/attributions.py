@@ -22,7 +22,7 @@ import itertools
 import numbers
 import time
 import weakref
-from contextlib import contextmanager, nullcontext
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, Iterator, Sequence
 
@@ -129,6 +129,7 @@ class ForwardResult:
     maps: dict[str, torch.Tensor]
     gradcam: torch.Tensor
     forward_s: float
+    features: torch.Tensor | None = None
 
 
 def forward_with_gradcam(model: nn.Module, images: torch.Tensor, target: str | int = DEFAULT_TARGET,
@@ -163,7 +164,8 @@ def forward_with_gradcam(model: nn.Module, images: torch.Tensor, target: str | i
     logits = out.logits.detach().float()
     return ForwardResult(logits=logits.cpu(), targets=resolve_targets(target, logits, melanoma_index).cpu(),
                          maps={k: v.detach().float()[:, 0].cpu() for k, v in out.maps.items()},
-                         gradcam=attr.detach().float().sum(dim=1).cpu(), forward_s=sum(t for _, t in seen))
+                         gradcam=attr.detach().float().sum(dim=1).cpu(), forward_s=sum(t for _, t in seen),
+                         features=out.features.detach().float().cpu() if out.features is not None else None)
 
 
 # -- CAM -------------------------------------------------------------------------------------------------
@@ -268,7 +270,8 @@ def integrated_gradients_maps(model: nn.Module, images: torch.Tensor, targets: t
     def forward(z: torch.Tensor) -> torch.Tensor:
         if channels_last:
             z = z.contiguous(memory_format=torch.channels_last)
-        with torch.autocast(dev.type, dtype=torch.bfloat16) if bf16 else nullcontext():
+        # enabled=False also switches off a caller's autocast (a run's bf16): IG's own precision decides.
+        with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=bf16):
             return net(z).logits.float()
 
     with eval_mode(model), frozen(model), torch.enable_grad():
@@ -310,6 +313,7 @@ class Explained:
     timings: dict[str, float] = field(default_factory=dict)
     # IG's completeness error per image (B,): |sum of attributions - (f(x) - f(0))| / |f(x) - f(0)|.
     ig_completeness: torch.Tensor | None = None
+    features: torch.Tensor | None = None  # the penultimate features (B, D) of the same forward
 
 
 def explain_batch(model: nn.Module, images: torch.Tensor, methods: Sequence[str] = ("attention", "gradcam", "cam"),
@@ -350,7 +354,8 @@ def explain_batch(model: nn.Module, images: torch.Tensor, methods: Sequence[str]
                                                       s.precision, s.channels_last, s.fold_bn, return_delta=True)
         completeness = delta.abs() / _ig_gap(net, x, fr)
     timings["attributions"] += time.perf_counter() - t0
-    return Explained(logits=fr.logits, targets=fr.targets, maps=maps, timings=timings, ig_completeness=completeness)
+    return Explained(logits=fr.logits, targets=fr.targets, maps=maps, timings=timings, features=fr.features,
+                     ig_completeness=completeness)
 
 
 def _ig_gap(net: nn.Module, x: torch.Tensor, fr: ForwardResult) -> torch.Tensor:

@@ -54,3 +54,25 @@ def mean_ci(values: Sequence[float] | np.ndarray, n_resamples: int = DEFAULT_RES
     lo, hi = np.quantile(means, [(1 - level) / 2, (1 + level) / 2])
     out.update(mean=float(v.mean()), ci_low=float(lo), ci_high=float(hi))
     return out
+
+
+def auc_ci(labels: Sequence[int] | np.ndarray, scores: Sequence[float] | np.ndarray,
+           n_resamples: int = DEFAULT_RESAMPLES, seed: int = DEFAULT_BOOTSTRAP_SEED,
+           level: float = DEFAULT_LEVEL) -> dict[str, float | int | None]:
+    """ROC AUC of binary ``labels`` by ``scores`` and its percentile bootstrap interval (resampled within each
+    class, so every resample has both). Returns the keys of :func:`mean_ci` (``mean`` is the AUC); with one
+    class only the numbers are None."""
+    from sklearn.metrics import roc_auc_score
+
+    y = np.asarray(labels).astype(int).ravel()
+    s = np.asarray(scores, dtype=np.float64).ravel()
+    out: dict[str, float | int | None] = {"mean": None, "ci_low": None, "ci_high": None, "n": int(y.size),
+                                          "level": level, "n_resamples": int(n_resamples)}
+    if len(np.unique(y)) < 2:
+        return out
+    order = np.argsort(y, kind="stable")  # resample_indices fills strata in sorted order: keep y aligned
+    y, s = y[order], s[order]
+    aucs = [roc_auc_score(y[idx], s[idx]) for idx in resample_indices(y.size, n_resamples, seed, strata=y)]
+    lo, hi = np.quantile(aucs, [(1 - level) / 2, (1 + level) / 2])
+    out.update(mean=float(roc_auc_score(y, s)), ci_low=float(lo), ci_high=float(hi))
+    return out

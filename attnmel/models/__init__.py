@@ -1,87 +1,80 @@
 """Models: plain ``nn.Module`` classifiers and segmenters behind one registry, :func:`build_model`.
 
 Classifiers return :class:`ClassifierOutput` ``(logits, maps, features)``; see docs/DESIGN.md (Models).
-Adding a model = a factory decorated with ``@register_model(name, task=...)``
+Adding a model = a factory with typed keyword arguments (as torchvision's and timm's builders), decorated with
+``@register_model(name, task=...)``; :func:`build_model` reads those arguments from the ``model`` config section
 (:mod:`attnmel.models.registry`); this package registers the classifiers below and imports
 :mod:`attnmel.models.segmentation`, which registers the segmenters.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Sequence
 
 from torch import nn
 
 from attnmel.errors import AttnMelError
 from attnmel.models import segmentation as _segmentation  # noqa: F401 - registers unet, fcrn, maskrcnn
 from attnmel.models.base import Classifier, ClassifierOutput
-from attnmel.models.registry import MODELS, register_model
+from attnmel.models.registry import MODELS, factory_kwargs, register_model
 
 __all__ = ["CLASSIFIER_NAMES", "MODELS", "MODEL_NAMES", "SEGMENTER_NAMES", "Classifier", "ClassifierOutput",
            "build_model", "register_model"]
 
 
 @register_model("attnmel")
-def _attnmel(cfg: dict[str, Any], k: int) -> Classifier:
+def attnmel(num_classes: int, *, attention: str = "sigmoid", attention_layers: Sequence[str] | str = ("pool3", "pool4"),
+            width: float = 1.0, gap_path: str = "keep") -> Classifier:
+    """AttnMel-CNN (VGG-16-BN with attention gates at pool-3 / pool-4); ``width`` scales every channel count."""
     from attnmel.models.vgg import AttnMelCNN
 
-    layers = cfg.get("attention_layers")
-    if layers is None:
-        layers = ("pool3", "pool4")
-    elif isinstance(layers, str):
-        layers = (layers,)
-    elif not isinstance(layers, (list, tuple)):
-        raise AttnMelError(f"model.attention_layers must be a list of pool3/pool4, got {layers!r}")
-    return AttnMelCNN(k, attention=cfg.get("attention", "sigmoid"), attention_layers=layers,
-                      width=_width(cfg), gap_path=cfg.get("gap_path") or "keep")
+    layers = (attention_layers,) if isinstance(attention_layers, str) else attention_layers
+    if not isinstance(layers, (list, tuple)):
+        raise AttnMelError(f"model.attention_layers must be a list of pool3/pool4, got {attention_layers!r}")
+    return AttnMelCNN(num_classes, attention=attention, attention_layers=tuple(layers), width=width,
+                      gap_path=gap_path or "keep")
 
 
 @register_model("mel_cnn")
-def _mel_cnn(cfg: dict[str, Any], k: int) -> Classifier:
+def mel_cnn(num_classes: int, *, width: float = 1.0) -> Classifier:
+    """Mel-CNN: AttnMel-CNN without attention."""
     from attnmel.models.vgg import MelCNN
 
-    return MelCNN(k, width=_width(cfg))
+    return MelCNN(num_classes, width=width)
 
 
 @register_model("vgg16")
-def _vgg16(cfg: dict[str, Any], k: int) -> Classifier:
+def vgg16(num_classes: int, *, width: float = 1.0) -> Classifier:
     from attnmel.models.vgg import VGG16
 
-    return VGG16(k, width=_width(cfg))
+    return VGG16(num_classes, width=width)
 
 
 @register_model("vgg16_gap")
-def _vgg16_gap(cfg: dict[str, Any], k: int) -> Classifier:
+def vgg16_gap(num_classes: int, *, width: float = 1.0) -> Classifier:
     from attnmel.models.vgg import VGG16GAP
 
-    return VGG16GAP(k, width=_width(cfg))
+    return VGG16GAP(num_classes, width=width)
 
 
 @register_model("resnet50")
-def _resnet50(cfg: dict[str, Any], k: int) -> Classifier:
+def resnet50(num_classes: int, *, width: float = 1.0) -> Classifier:
     from attnmel.models.resnet import ResNet50
 
-    _full_width_only(cfg, "resnet50")
-    return ResNet50(k)
+    _full_width_only(width, "resnet50")
+    return ResNet50(num_classes)
 
 
 @register_model("densenet121")
-def _densenet121(cfg: dict[str, Any], k: int) -> Classifier:
+def densenet121(num_classes: int, *, width: float = 1.0) -> Classifier:
     from attnmel.models.densenet import DenseNet121
 
-    _full_width_only(cfg, "densenet121")
-    return DenseNet121(k)
+    _full_width_only(width, "densenet121")
+    return DenseNet121(num_classes)
 
 
-def _width(cfg: dict[str, Any]) -> float:
-    w = cfg.get("width", 1.0)
-    if isinstance(w, bool) or not isinstance(w, (int, float)) or not w > 0:
-        raise AttnMelError(f"model.width must be a number > 0, got {w!r}")
-    return float(w)
-
-
-def _full_width_only(cfg: dict[str, Any], name: str) -> None:
-    if _width(cfg) != 1.0:
+def _full_width_only(width: float, name: str) -> None:
+    if width != 1.0:
         raise AttnMelError(f"model.width is only supported by the VGG-16 family, not {name}")
 
 
@@ -93,13 +86,13 @@ MODEL_NAMES: tuple[str, ...] = CLASSIFIER_NAMES + SEGMENTER_NAMES
 def build_model(model_cfg: dict[str, Any], num_classes: int) -> nn.Module:
     """Build the model ``model_cfg["name"]`` with ``num_classes`` outputs and its ``pretrained`` weights.
 
-    Keys missing from ``model_cfg`` take their defaults.yaml values (note: ``pretrained`` defaults to
-    ``imagenet``). Segmenters are delegated to ``attnmel.models.segmentation.build_segmenter``.
+    ``model_cfg`` is the config's ``model`` section (the config engine has checked each value's type); the
+    factory takes the keys it declares as typed keyword arguments, and a key missing here takes the factory's
+    own default (``pretrained``: ``imagenet``, as in defaults.yaml). Segmenters are delegated to
+    ``attnmel.models.segmentation.build_segmenter``.
     """
-    from attnmel.config import defaults
-
-    cfg = {**defaults()["model"], **(model_cfg or {})}
-    name = cfg.get("name")
+    cfg = dict(model_cfg or {})
+    name = cfg.get("name", "attnmel")
     factory = MODELS.get(name)
     if MODELS.tags(name)["task"] == "segmentation":
         from attnmel.models.segmentation import build_segmenter
@@ -109,5 +102,5 @@ def build_model(model_cfg: dict[str, Any], num_classes: int) -> nn.Module:
         raise AttnMelError(f"num_classes must be an integer >= 2, got {num_classes!r}")
     from attnmel.models.weights import apply_pretrained
 
-    model = factory(cfg, num_classes)
-    return apply_pretrained(model, cfg.get("pretrained"))
+    model = factory(num_classes, **factory_kwargs(factory, cfg))
+    return apply_pretrained(model, cfg.get("pretrained", "imagenet"))

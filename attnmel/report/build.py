@@ -9,9 +9,12 @@ where the model is right but looks outside the lesion. Figures are files in ``re
 referenced relatively, so the page opens offline from ``file://``. The numbers also go to
 ``metrics.json`` (``attention`` section, with a per-image list) and ``reports/index.html`` is rebuilt.
 
-:func:`build_report` runs the steps in order: :func:`open_split` (the run and the split), :func:`collect` (one
-pass over the split: predictions and maps from :func:`attnmel.explain.attributions.explain_batch`, scored per
-batch), :func:`score` (classification metrics and the means), :func:`select_gallery`, :func:`draw`,
+:func:`report_numbers` is the scoring half, with no figure and no page-only check (the sweep calls it through
+:func:`score_attention`): :func:`open_split` (the run on its device and the split), :func:`collect` (one pass
+over the split through :func:`attnmel.train.inference.score_loader`: probabilities, with the SVM fusion where the
+run has it, and the maps of :func:`attnmel.explain.attributions.explain_batch`, scored per batch), :func:`score`
+(classification metrics and the means), :func:`select_gallery` and the ``attention`` section.
+:func:`build_report` adds the page: the checks beyond overlap, :func:`draw`,
 :func:`page_context` + :func:`render_page`, and writing. The page and its figures are built in a temporary folder
 beside ``RUN_DIR/report/`` and swapped in at the end (:func:`attnmel.io.atomic_dir`): a build that fails or is
 killed half-way leaves the previous report whole.
@@ -29,11 +32,13 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
-from attnmel.errors import AttnMelError, file_error
+from attnmel.errors import AttnMelError, file_error, missing_masks
 from attnmel.explain.attributions import DEFAULT_TARGET
 from attnmel.explain.methods import method_label, short_label
 from attnmel.explain.overlay import DEFAULT_OVERLAY_SIDE
 from attnmel.io import atomic_dir, atomic_path, write_text
+from attnmel.report.calibration import reported_probs
+from attnmel.report.real_artefacts import real_artefact_section
 from attnmel.report.render import template_env
 
 log = logging.getLogger("attnmel.report")
@@ -41,7 +46,7 @@ log = logging.getLogger("attnmel.report")
 GALLERY_SIZE = 6  # cases per gallery group (best, worst, random, right-but-outside thumbnails)
 GALLERY_SEED = 0
 # "Right but looking outside": a correct prediction whose primary map puts less than this share of its
-# (re-normalised) energy inside the lesion.
+# (re-normalised) energy inside the lesion, and less than a flat map would (the lesion's share of the view).
 OUTSIDE_ENERGY = 0.5
 PAPER_ANCHORS = ("Paper (ISIC 2017 test, attention vs lesion masks, Jaccard pool-3 / pool-4): AttnMel-CNN "
                  "0.3105 / 0.3186; AttnMel-CNN-Dermo 0.3621 / 0.4767; AttnMel-CNN-Lesion 0.5533 / 0.6560; "
@@ -75,18 +80,29 @@ class Inputs:
     run_dir: Path
     split: str
     limit: int | None
-    run: Any  # attnmel.train.run's loaded run: cfg, model, class_names, melanoma_index, checkpoint
+    run: Any  # attnmel.train.inference.TrainedRun: cfg, model on its device, class_names, melanoma_index, ...
     dm: Any  # AttnMelDataModule
     n_split: int
     used: Any  # the dataset the report iterates (the split, or its first ``limit`` items)
     has_masks: bool
     load_s: float = 0.0
+    view: Any = None  # attnmel.train.external.DataView: the data scored and the name results go under
+    own_cfg: dict = field(default_factory=dict)  # the run's own config (before overrides / external data)
+
+    @property
+    def suffix(self) -> str:
+        return self.view.suffix(self.split) if self.view is not None else ("" if self.split == "test" else
+                                                                            f"_{self.split}")
 
 
-def open_split(run_dir: str | Path, split: str, limit: int | None) -> Inputs:
-    """Load the run (best checkpoint) and its split's eval dataset; one-line errors for bad arguments."""
-    from attnmel.data.datamodule import AttnMelDataModule
-    from attnmel.train.run import load_run
+def open_split(run_dir: str | Path, split: str, limit: int | None, device: str | None = None,
+               run: Any = None, overrides: Sequence[str] = (), dataset: str | None = None,
+               root: str | Path | None = None) -> Inputs:
+    """Open the run (best checkpoint, on ``device`` or ``trainer.accelerator``; ``run``: one opened already) and
+    its split's eval dataset; one-line errors for bad arguments. ``overrides``/``dataset``/``root``: keys that
+    describe the data, or external data (:func:`attnmel.train.external.data_view`)."""
+    from attnmel.train.external import data_view, run_on_view
+    from attnmel.train.inference import open_run
 
     t0 = time.perf_counter()
     run_dir = Path(run_dir)
@@ -94,16 +110,24 @@ def open_split(run_dir: str | Path, split: str, limit: int | None) -> Inputs:
         raise AttnMelError(f"report --limit must be a positive integer, got {limit!r}")
     if split not in ("train", "val", "test"):
         raise AttnMelError(f"unknown split '{split}' (known: train, val, test)")
-    run = load_run(run_dir)
+    run = run if run is not None else open_run(run_dir, device)
     if run.cfg.get("task", "classification") != "classification":
         raise file_error(run_dir, "a segmentation run: the attention report needs a classifier run")
-    dm = AttnMelDataModule(run.cfg, progress=False, generate=False)
+    own_cfg = run.cfg
+    view = data_view(run.cfg, split, overrides, dataset, root)
+    run, split = run_on_view(run, view), view.split
+    dm = run.data()
     ds = dm.dataset(split, train=False)  # the eval transform, one item per image, even for "train"
     if len(ds) == 0:
         raise file_error(dm.root, f"split '{split}' has no images")
     used = _Head(ds, limit) if limit and limit < len(ds) else ds
+    if view.tag:
+        from attnmel.train.external import warn_small_images
+
+        warn_small_images(dm.index(split).samples, int(view.cfg["data"]["image_size"]), dm.root)
     return Inputs(run_dir=run_dir, split=split, limit=limit, run=run, dm=dm, n_split=len(ds), used=used,
-                  has_masks=bool(getattr(ds, "with_mask", False)), load_s=time.perf_counter() - t0)
+                  has_masks=bool(getattr(ds, "with_mask", False)), load_s=time.perf_counter() - t0, view=view,
+                  own_cfg=own_cfg)
 
 
 # -- step 1: one pass over the split: predictions, maps, scores --------------------------------------------
@@ -116,6 +140,7 @@ class Collected:
     probs: list[np.ndarray] = field(default_factory=list)
     maps: list[dict[str, np.ndarray]] = field(default_factory=list)  # raw maps per image, for the gallery
     lesion_px: list[int] = field(default_factory=list)
+    lesion_share: list[float] = field(default_factory=list)  # the lesion's share of the network's view
     per_image: list[dict[str, Any]] = field(default_factory=list)  # attention_quality rows
     by_case: dict[tuple[str, int], dict[str, Any]] = field(default_factory=dict)  # (method, position) -> row
     ig_completeness: list[float] = field(default_factory=list)  # per image, with --ig
@@ -129,22 +154,23 @@ class Collected:
 
 
 def collect(inp: Inputs, integrated_gradients: bool, target: str | int = DEFAULT_TARGET) -> Collected:
-    """Every batch once: predictions and maps (:func:`~attnmel.explain.attributions.explain_batch`: the
-    attention maps, Grad-CAM and CAM of ``target`` from one forward, IG on request), scored against the masks."""
+    """Every batch once, through the one scoring function (:func:`attnmel.train.inference.score_loader`: the
+    probabilities, with the SVM fusion of a ``model.svm`` run): its forward is
+    :func:`~attnmel.explain.attributions.explain_batch` (the attention maps, Grad-CAM and CAM of ``target`` from
+    one forward, IG on request) on the run's device and precision, and each batch's maps are scored against its
+    masks."""
     from attnmel.explain.attributions import explain_batch
+    from attnmel.train.inference import score_loader
 
     methods = ("attention", "gradcam", "cam") + (("ig",) if integrated_gradients else ())
     c = Collected()
     t = c.timings
-    inp.run.model.eval()
-    it = iter(inp.dm.loader(inp.used))
-    while True:
-        t0 = time.perf_counter()
-        batch = next(it, None)
-        t["data"] += time.perf_counter() - t0
-        if batch is None:
-            break
-        ex = explain_batch(inp.run.model, batch["image"], methods, target, inp.run.melanoma_index)
+    run = inp.run
+    run.model.eval()
+
+    def forward(batch: dict):
+        with run.autocast():
+            ex = explain_batch(run.model, batch["image"], methods, target, run.melanoma_index)
         t["inference"] += ex.timings["inference"]
         t["attributions"] += ex.timings["attributions"]
         maps = {k: v.numpy().astype(np.float16) if k == "ig" else v.numpy() for k, v in ex.maps.items()}
@@ -153,12 +179,16 @@ def collect(inp: Inputs, integrated_gradients: bool, target: str | int = DEFAULT
         if inp.has_masks:
             _score_batch(c, batch, maps, ids, inp.dm.root)
         t["scoring"] += time.perf_counter() - t0
-        c.ids += ids
-        c.labels += [int(v) for v in batch["label"]]
-        c.probs.append(torch.softmax(ex.logits, dim=1).numpy())
+        c.ids += ids  # _score_batch indexes the images from len(c.ids): after it
         c.maps += [{k: v[i] for k, v in maps.items()} for i in range(len(ids))]
         if ex.ig_completeness is not None:
             c.ig_completeness += ex.ig_completeness.tolist()
+        return ex
+
+    scored = score_loader(run, inp.dm.loader(inp.used), forward)
+    t["data"] += scored.timings["data"]
+    c.labels = [int(v) for v in scored.labels]
+    c.probs = [scored.probs]
     return c
 
 
@@ -169,7 +199,7 @@ def _score_batch(c: Collected, batch: dict, maps: dict[str, np.ndarray], ids: li
 
     x = batch["image"]
     if "mask" not in batch:
-        raise AttnMelError(f"{root}: a batch of the split came without lesion masks")
+        raise missing_masks(root, "a batch of the split came without lesion masks")
     mk = batch["mask"]
     if tuple(mk.shape[-2:]) != tuple(x.shape[-2:]):
         raise file_error(root, f"lesion mask of {ids[0]} is {tuple(mk.shape[-2:])} but its image is "
@@ -183,6 +213,7 @@ def _score_batch(c: Collected, batch: dict, maps: dict[str, np.ndarray], ids: li
         c.by_case[(r["method"], len(c.ids) + j % len(ids))] = r
     c.per_image += rows
     c.lesion_px += [int(m.sum()) for m in masks]
+    c.lesion_share += [float(m.mean()) for m in masks]
 
 
 # -- step 2: classification metrics and the means -----------------------------------------------------------
@@ -234,7 +265,7 @@ def score(inp: Inputs, c: Collected) -> Scores:
 
     t0 = time.perf_counter()
     labels = np.asarray(c.labels, dtype=np.int64)
-    probs = np.concatenate(c.probs)
+    probs = reported_probs(inp.run_dir, np.concatenate(c.probs))  # the run's temperature, where it was kept
     names, mel = inp.run.class_names, inp.run.melanoma_index
     cls = classification_metrics(labels, probs, names, mel)
     crv = curves(labels, probs, names, mel)
@@ -264,32 +295,45 @@ class Gallery:
         return out
 
 
+def jaccard_lift(c: Collected, method: str, k: int) -> float:
+    """Image ``k``'s Jaccard of ``method`` minus that of a map covering the whole view (= the lesion's share of
+    the view). Raw Jaccard ranks big lesions first: on real images a lesion filling the frame gave the best
+    Jaccard to maps that ignored it."""
+    share = c.lesion_share[k] if k < len(c.lesion_share) else 0.0
+    return (c.score(method, k) or 0.0) - share
+
+
 def select_gallery(c: Collected, s: Scores, has_masks: bool, gallery_size: int) -> Gallery:
-    """Best and worst by the primary map's Jaccard, a seeded random sample, and the correct predictions whose
-    primary map puts less than :data:`OUTSIDE_ENERGY` of its energy inside the lesion."""
+    """Best and worst by the primary map's Jaccard above the whole-view map's (:func:`jaccard_lift`), a seeded
+    random sample, and the correct predictions whose primary map puts less than :data:`OUTSIDE_ENERGY` of its
+    energy inside the lesion and less than a flat map would (most avoiding first)."""
     n, primary = len(c.ids), s.primary
     rng = np.random.default_rng(GALLERY_SEED)
     groups: list[tuple[str, str, list[int]]] = []
     if has_masks:
-        order = sorted(range(n), key=lambda k: (-(c.score(primary, k) or 0.0), k))
+        order = sorted(range(n), key=lambda k: (-jaccard_lift(c, primary, k), k))
         best = order[:gallery_size]
         worst = [k for k in reversed(order) if k not in best][:gallery_size]
         rest = [k for k in range(n) if k not in best and k not in worst]
         pick = sorted(rng.choice(rest, size=min(gallery_size, len(rest)), replace=False).tolist()) if rest else []
-        groups += [("best", f"Highest {short_label(primary)} Jaccard", best),
-                   ("worst", f"Lowest {short_label(primary)} Jaccard", worst),
+        groups += [("best", f"Highest {short_label(primary)} Jaccard above the whole-view map", best),
+                   ("worst", f"Lowest {short_label(primary)} Jaccard below the whole-view map", worst),
                    ("random", f"Random sample (seed {GALLERY_SEED})", pick)]
     else:
         pick = sorted(rng.choice(n, size=min(gallery_size, n), replace=False).tolist())
         groups.append(("random", f"Random sample (seed {GALLERY_SEED})", pick))
     rule = (f"correct prediction (argmax = true class), a non-empty lesion mask, and the {short_label(primary)} "
-            f"map puts less than {OUTSIDE_ENERGY:.0%} of its re-normalised energy inside the lesion "
-            f"(energy inside < {OUTSIDE_ENERGY})")
+            f"map puts less than {OUTSIDE_ENERGY:.0%} of its re-normalised energy inside the lesion and less than "
+            "a flat map would (energy inside < the lesion's share of the view); the map that avoids its lesion most "
+            "(energy inside / lesion share) first")
     outside: list[int] = []
     if has_masks:
+        def energy(k: int) -> float:
+            return c.score(primary, k, "energy_inside") or 0.0
+
         outside = [k for k in range(n) if s.pred[k] == s.labels[k] and c.lesion_px[k] > 0
-                   and (c.score(primary, k, "energy_inside") or 0.0) < OUTSIDE_ENERGY]
-        outside.sort(key=lambda k: (c.score(primary, k, "energy_inside") or 0.0, k))
+                   and energy(k) < min(OUTSIDE_ENERGY, c.lesion_share[k])]
+        outside.sort(key=lambda k: (energy(k) / c.lesion_share[k], k))
     return Gallery(groups=groups, outside=outside, outside_rule=rule)
 
 
@@ -408,6 +452,7 @@ def _case_row(k: int, c: Collected, s: Scores, class_names: list[str], mel: int,
     row: dict[str, Any] = dict(image_id=c.ids[k], true=class_names[y], predicted=class_names[int(s.pred[k])],
                                correct=bool(int(s.pred[k]) == y), p_mel=float(s.probs[k, mel]))
     if has_masks:
+        row["lesion_share"] = c.lesion_share[k]
         row["jaccard"] = {m: c.score(m, k) for m in s.map_methods}
         row["energy"] = {m: c.score(m, k, "energy_inside") for m in s.map_methods}
     return row
@@ -472,38 +517,96 @@ def render_page(ctx: dict[str, Any]) -> str:
     return template_env().get_template("report.html").render(**ctx)
 
 
+# -- the numbers (no page) ---------------------------------------------------------------------------------------
+@dataclass
+class ReportNumbers:
+    """The report's scoring half: the opened split, one pass's collection, the scores, the gallery choice and the
+    ``attention`` section, with seconds per step. :func:`report_numbers` makes it; the sweep stops there."""
+
+    inp: Inputs
+    collected: Collected
+    scores: Scores
+    gallery: Gallery
+    attention: dict[str, Any]
+    timings: dict[str, float]
+
+
+def report_numbers(run_dir: str | Path, split: str = "test", integrated_gradients: bool = False,
+                   limit: int | None = None, *, target: str | int = DEFAULT_TARGET,
+                   gallery_size: int = GALLERY_SIZE, device: str | None = None, run: Any = None,
+                   overrides: Sequence[str] = (), dataset: str | None = None,
+                   root: str | Path | None = None) -> ReportNumbers:
+    """Everything the report computes before it draws: predictions, maps, their scores and the attention section.
+
+    No figure is drawn and none of the page's further checks (:mod:`attnmel.report.checks`) runs. ``device``:
+    where the model runs (default ``trainer.accelerator``); ``run``: a run opened already
+    (:func:`attnmel.train.inference.open_run`); ``overrides`` / ``dataset`` + ``root``: keys that describe the
+    data, or external data (:func:`attnmel.train.external.data_view`).
+    """
+    from attnmel.explain.attributions import check_target
+
+    check_target(target)
+    inp = open_split(run_dir, split, limit, device, run, overrides, dataset, root)
+    c = collect(inp, integrated_gradients, target)
+    s = score(inp, c)
+    gallery = select_gallery(c, s, inp.has_masks, gallery_size)
+    attention = attention_section(inp, c, s, gallery, target)
+    return ReportNumbers(inp, c, s, gallery, attention,
+                         {"load": inp.load_s, **c.timings, "classification": s.seconds})
+
+
+def score_attention(run_dir: str | Path, split: str = "test", *, device: str | None = None,
+                    run: Any = None) -> dict[str, Any]:
+    """Write only the ``attention[_<split>]`` section of ``metrics.json`` (the sweep's numbers; no page) and
+    return it."""
+    from attnmel.train.rundir import RunDir
+
+    nums = report_numbers(run_dir, split, device=device, run=run)
+    suffix = "" if split == "test" else f"_{split}"
+    RunDir(nums.inp.run_dir).update_metrics({f"attention{suffix}": nums.attention})
+    return nums.attention
+
+
 # -- the report ------------------------------------------------------------------------------------------------
 def build_report(run_dir: str | Path, split: str = "test", integrated_gradients: bool = False,
                  limit: int | None = None, *, reports_root: Path | None = Path("reports"),
                  runs_roots: Sequence[Path] = (Path("runs"), Path("sweeps")),
                  gallery_size: int = GALLERY_SIZE, overlay_size: int | None = DEFAULT_OVERLAY_SIDE,
-                 target: str | int = DEFAULT_TARGET, checks_options: dict[str, int] | None = None) -> Path:
+                 target: str | int = DEFAULT_TARGET, checks_options: dict[str, int] | None = None,
+                 device: str | None = None, overrides: Sequence[str] = (), dataset: str | None = None,
+                 root: str | Path | None = None) -> Path:
     """Write ``RUN_DIR/report/index.html`` (+ ``figures/``) and the ``attention`` section of metrics.json.
 
     ``limit``: use the split's first ``limit`` images. ``reports_root``: where ``index.html`` listing all
     runs is rebuilt (None: not rebuilt). ``overlay_size``: long side of the gallery panels in pixels (None: the
     original's resolution). ``target``: the class the Grad-CAM/CAM/IG maps explain. ``checks_options``: sizes of
     the checks beyond overlap (:func:`attnmel.report.checks.explanation_checks`: ``faithfulness_images``,
-    ``faithfulness_steps``, ``randomisation_images``, ``randomisation_stages``). Returns the report's path.
+    ``faithfulness_steps``, ``randomisation_images``, ``randomisation_stages``). ``device``: where the model runs
+    (default ``trainer.accelerator``). ``overrides``: keys that describe the data (``data.artefact_flags=...``);
+    ``dataset`` + ``root``: report on external data, written to ``RUN_DIR/report_external_<dataset>_<folder>/``.
+    Returns the report's path.
     """
-    from attnmel.explain.attributions import check_target
     from attnmel.explain.overlay import check_overlay_side
+    from attnmel.train.rundir import RunDir
 
     t_start = time.perf_counter()
-    check_target(target)
     check_overlay_side(overlay_size)
-    inp = open_split(run_dir, split, limit)
-    c = collect(inp, integrated_gradients, target)
-    s = score(inp, c)
-    gallery = select_gallery(c, s, inp.has_masks, gallery_size)
-    attention = attention_section(inp, c, s, gallery, target)
-    timings = {"load": inp.load_s, **c.timings, "classification": s.seconds}
-    report_dir = inp.run_dir / "report"
+    nums = report_numbers(run_dir, split, integrated_gradients, limit, target=target, gallery_size=gallery_size,
+                          device=device, overrides=overrides, dataset=dataset, root=root)
+    inp, c, s, gallery, attention, timings = (nums.inp, nums.collected, nums.scores, nums.gallery, nums.attention,
+                                              nums.timings)
+    folder = RunDir(inp.run_dir)
+    report_dir = folder.report_dir_for(inp.view.tag)
     # Every file of the new report, metrics.json's update included, is written beside the old ones and swapped in
     # when all are complete (the folder, then metrics.json): a report killed half-way leaves both as they were.
-    with atomic_path(inp.run_dir / "metrics.json") as metrics_tmp, atomic_dir(report_dir) as out_dir:
+    with atomic_path(folder.metrics_file) as metrics_tmp, atomic_dir(report_dir) as out_dir:
         checks = run_checks(inp, c, s, out_dir / "figures", integrated_gradients, checks_options)
         attention.update(checks.metrics)
+        t0 = time.perf_counter()
+        real_metrics, real_ctx = real_artefact_section(inp, c, s, inp.own_cfg)
+        if real_metrics:
+            attention["artefacts_real"] = real_metrics
+            timings["real artefacts and counterfactuals"] = time.perf_counter() - t0
         timings.update(checks.timings)
         t0 = time.perf_counter()
         figs, drawn = draw(out_dir, inp, c, s, gallery, gallery_size, overlay_size, checks.gallery[:gallery_size])
@@ -513,11 +616,16 @@ def build_report(run_dir: str | Path, split: str = "test", integrated_gradients:
                            integrated_gradients=integrated_gradients, gallery_size=gallery_size,
                            timings={**timings, "total before writing the page": time.perf_counter() - t_start},
                            checks=checks)
-        write_text(out_dir / "index.html", render_page(ctx))
+        ctx["real"] = real_ctx
+        calibration = run_calibration(inp, c, s, out_dir / "figures")
+        ctx.update(calibration=calibration.ctx, provenance=run_provenance(inp, c), below_random=below_random(s))
+        write_text(out_dir / folder.report_page.name, render_page(ctx))
         timings["render"] = time.perf_counter() - t0
         timings["total"] = time.perf_counter() - t_start
-        _write_metrics(inp, s, attention, report_dir / "index.html", integrated_gradients, timings, metrics_tmp)
-    path = report_dir / "index.html"
+        _write_metrics(inp, s, attention, report_dir / folder.report_page.name, integrated_gradients, timings,
+                       {"calibration": calibration.metrics,
+                        "geometry": {k: ctx["provenance"][k] for k in GEOMETRY_KEYS}}, out=metrics_tmp)
+    path = report_dir / folder.report_page.name
     if reports_root is not None:
         _rebuild_index(Path(reports_root), inp.run_dir, runs_roots)
     return path
@@ -537,19 +645,50 @@ def run_checks(inp: Inputs, c: Collected, s: Scores, fig_dir: Path, integrated_g
                                           integrated_gradients, short_label), fig_dir, **(options or {}))
 
 
+def run_calibration(inp: Inputs, c: Collected, s: Scores, fig_dir: Path):
+    """The calibration block (:mod:`attnmel.report.calibration`) on the split's softmax probabilities."""
+    from attnmel.report.calibration import calibration_block
+
+    return calibration_block(inp.run_dir, inp.split, s.labels, np.concatenate(c.probs), inp.run.melanoma_index,
+                             fig_dir, oversample=inp.run.cfg["data"].get("oversample"))
+
+
+def below_random(s: Scores) -> dict[str, Any]:
+    """The model's maps whose mean Jaccard is below the uniform-random map's: on a real run every map was, which
+    the table showed but nothing said (they avoid the lesion more than chance does)."""
+    if "random" not in s.mean:
+        return {}
+    floor = s.mean["random"]["jaccard"]
+    low = [short_label(m) for m in s.map_methods if m in s.mean and s.mean[m]["jaccard"] < floor]
+    return {"methods": low, "floor": floor, "all": bool(low) and len(low) == len(s.map_methods)} if low else {}
+
+
+GEOMETRY_KEYS = ("sizes", "transform", "grids", "trained_root", "same_tree", "chose_checkpoint")
+
+
+def run_provenance(inp: Inputs, c: Collected) -> dict[str, Any]:
+    """Which split chose the checkpoint and which geometry made the network's input
+    (:mod:`attnmel.report.provenance`)."""
+    from attnmel.report.provenance import provenance_block
+    from attnmel.train.rundir import read_metrics
+
+    ds = inp.used.dataset if isinstance(inp.used, _Head) else inp.used
+    samples = ds.index.samples[: len(c.ids)]
+    maps = {short_label(k): v for k, v in c.maps[0].items()} if c.maps else None
+    return provenance_block(inp.run, inp.split, samples, maps, read_metrics(inp.run_dir))
+
+
 def _write_metrics(inp: Inputs, s: Scores, attention: dict[str, Any], path: Path, integrated_gradients: bool,
-                   timings: dict[str, float], out: Path) -> None:
+                   timings: dict[str, float], report_extra: dict[str, Any] | None = None, *, out: Path) -> None:
     """The run's metrics.json with this report's sections, written to ``out`` (swapped in by the caller)."""
     from attnmel.io import write_json
-    from attnmel.train.rundir import merged_metrics
+    from attnmel.train.rundir import RunDir
 
-    suffix = "" if inp.split == "test" else f"_{inp.split}"
-    write_json(out, merged_metrics(inp.run_dir, {f"attention{suffix}": attention,
-                                 f"report{suffix}": {"path": _rel(path, inp.run_dir), "n_images": len(s.labels),
-                                                     "integrated_gradients": integrated_gradients,
-                                                     "classification": {k: s.cls.get(k) for k in
-                                                                        ("auc", "average_precision", "n_images")},
-                                                     "timings_s": {k: round(v, 3) for k, v in timings.items()}}}))
+    suffix = inp.suffix
+    report = {"path": _rel(path, inp.run_dir), "n_images": len(s.labels), "integrated_gradients": integrated_gradients,
+              "classification": {k: s.cls.get(k) for k in ("auc", "average_precision", "n_images")},
+              "timings_s": {k: round(v, 3) for k, v in timings.items()}, **(report_extra or {})}
+    write_json(out, RunDir(inp.run_dir).merged_metrics({f"attention{suffix}": attention, f"report{suffix}": report}))
 
 
 def _rebuild_index(reports_root: Path, run_dir: Path, runs_roots: Sequence[Path]) -> None:

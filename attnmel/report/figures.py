@@ -144,3 +144,33 @@ def jaccard_histogram_figure(values: Mapping[str, Sequence[float]], labels: Mapp
     ax.legend(fontsize=7, loc="best")
     ax.set_title("Per-image Jaccard", fontsize=10)
     return save_figure(fig, path)
+
+
+def reliability_figure(curves: Mapping[str, Mapping[str, Any]], path: Path) -> Path:
+    """Reliability diagram of p(melanoma): per curve (``label -> calibration_summary()``), each non-empty bin's
+    observed melanoma frequency against its mean probability (marker area ~ images), the diagonal dashed;
+    below, how many images fall in each bin."""
+    plt = _plt()
+    fig, (ax, hx) = plt.subplots(2, 1, figsize=(4.4, 5.2), gridspec_kw={"height_ratios": [3, 1]}, sharex=True)
+    ax.plot([0, 1], [0, 1], color="0.6", lw=1, ls="--", label="perfect calibration")
+    width = None
+    for i, (label, s) in enumerate(curves.items()):
+        rows = [b for b in s["bins"] if b["n"]]
+        colour = _PALETTE[i % len(_PALETTE)]
+        ax.plot([b["mean_p"] for b in rows], [b["frequency"] for b in rows], color=colour, lw=1.2,
+                label=f"{label} (ECE {s['ece']:.3f})")
+        total = max(sum(b["n"] for b in rows), 1)  # marker area ~ the bin's share of the images
+        ax.scatter([b["mean_p"] for b in rows], [b["frequency"] for b in rows], color=colour, zorder=3,
+                   s=[8 + 400 * b["n"] / total for b in rows], alpha=0.8)
+        width = 1.0 / s["n_bins"]
+        offset = (i - (len(curves) - 1) / 2) * width / max(len(curves), 1)
+        hx.bar([b["low"] + width / 2 + offset for b in s["bins"]], [b["n"] for b in s["bins"]],
+               width=width / max(len(curves), 1), color=colour, alpha=0.7)
+    ax.set_xlim(0, 1)
+    ax.set_ylim(-0.02, 1.02)
+    ax.set_ylabel("observed melanoma frequency")
+    ax.legend(loc="upper left", fontsize=8)
+    ax.set_title("Reliability of p(melanoma)", fontsize=10)
+    hx.set_xlabel("predicted p(melanoma), equal-width bins")
+    hx.set_ylabel("images")
+    return save_figure(fig, path)

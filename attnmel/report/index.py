@@ -15,17 +15,15 @@ from pathlib import Path
 from typing import Any, Iterable, Sequence
 from urllib.parse import quote
 
-import yaml
-
 from attnmel.explain.methods import compact_label
 from attnmel.io import write_text
 from attnmel.report.render import template_env
-from attnmel.train.rundir import read_metrics_file
+from attnmel.train.rundir import CHECKPOINTS, LOGS, METRICS, REPORT, RunDir, read_metrics_file
 
 log = logging.getLogger("attnmel.report")
 
 # Folders inside a run that never hold another run: not descended into (a run's logs can be large).
-_SKIP_DIRS = frozenset({"checkpoints", "logs", "report", "cache", ".cache", "lightning_logs", "__pycache__",
+_SKIP_DIRS = frozenset({CHECKPOINTS, LOGS, REPORT, "cache", ".cache", "lightning_logs", "__pycache__",
                         "figures", "overlays"})
 # Headline Jaccard columns: metrics.json attention method keys, in display order.
 HEADLINE_METHODS: tuple[tuple[str, str], ...] = tuple(
@@ -68,19 +66,16 @@ def _num(v: Any) -> float | None:
 
 def read_run_entry(run_dir: Path, reports_root: Path, name: str) -> RunEntry:
     """Headline numbers of one run folder (missing or unreadable parts are left empty with a note)."""
-    report = run_dir / "report" / "index.html"
-    metrics_path = run_dir / "metrics.json"
+    folder = RunDir(run_dir)
+    report, metrics_path = folder.report_page, folder.metrics_file
     entry = RunEntry(name=name, report_href=_href(report, reports_root) if report.is_file() else None,
                      metrics_href=_href(metrics_path, reports_root) if metrics_path.is_file() else None)
-    try:
-        cfg = yaml.safe_load((run_dir / "config.yaml").read_text(encoding="utf-8"))
-        if isinstance(cfg, dict):
-            entry.model = str((cfg.get("model") or {}).get("name", ""))
-            entry.dataset = str((cfg.get("data") or {}).get("dataset", ""))
-    except (OSError, UnicodeDecodeError, yaml.YAMLError):
-        pass
+    cfg = folder.saved_config_summary()
+    if cfg:
+        entry.model = str((cfg.get("model") or {}).get("name", ""))
+        entry.dataset = str((cfg.get("data") or {}).get("dataset", ""))
     if not metrics_path.is_file():
-        entry.note = "no metrics.json yet"
+        entry.note = f"no {METRICS} yet"
         return entry
     metrics, problem = read_metrics_file(metrics_path)
     if metrics is None:
@@ -109,7 +104,7 @@ def _walk(roots: Iterable[Path]) -> tuple[list[Path], list[Path]]:
             here = Path(dirpath)
             if "summary.html" in filenames:
                 sweeps.append(here)
-            is_run = "metrics.json" in filenames or (here / "report" / "index.html").is_file()
+            is_run = METRICS in filenames or RunDir(here).report_page.is_file()
             if is_run and "summary.html" not in filenames:
                 runs.append(here)
                 dirnames[:] = []  # a run folder holds no further runs

@@ -17,19 +17,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
-from attnmel import config as config_mod
-from attnmel.errors import AttnMelError
+from attnmel.errors import AttnMelError, MissingMasksError
 from attnmel.io import write_text
+from attnmel.ranks import is_rank_zero
 from attnmel.sweep.spec import RunPlan
-from attnmel.sweep.state import ERROR_FILE, attention_done, classification_done, read_metrics, run_finished
-from attnmel.train.rundir import update_metrics
+from attnmel.sweep.state import attention_done, classification_done, read_metrics, run_finished
+from attnmel.train.rundir import RunDir, update_metrics
+
+__all__ = ["RunResult", "check_same_run", "is_rank_zero", "run_one", "run_one_isolated", "wants_own_process"]
 
 log = logging.getLogger("attnmel.sweep")
-
-# Keys that make a run folder "the same run": a mismatch means the sweep file changed under it.
-IDENTITY_KEYS = (("seed",), ("task",), ("data", "dataset"), ("data", "root"), ("data", "image_size"),
-                 ("data", "num_classes"), ("model",), ("loss",), ("optim",))
-
 
 @dataclass
 class RunResult:
@@ -44,23 +41,10 @@ class RunResult:
     job_id: str | None = None  # the cluster job (``--launcher slurm``)
 
 
-def _get(cfg: dict[str, Any], keys: tuple[str, ...]) -> Any:
-    node: Any = cfg
-    for k in keys:
-        node = node.get(k) if isinstance(node, dict) else None
-    return node
-
-
 def check_same_run(run_dir: Path, cfg: dict[str, Any]) -> None:
-    """Refuse to resume a run folder whose saved config differs from what the sweep now asks for."""
-    path = run_dir / "config.yaml"
-    if not path.is_file():
-        return
-    saved = config_mod.read_yaml(path)
-    for keys in IDENTITY_KEYS:
-        if _get(saved, keys) != _get(cfg, keys):
-            raise AttnMelError(f"{run_dir}: holds a run with a different {'.'.join(keys)} than the sweep now "
-                               "asks for (the sweep file changed?): delete that folder or use --out")
+    """Refuse to resume a run folder whose saved config is another run than the sweep now asks for: the one
+    definition of "the same run", :meth:`attnmel.train.rundir.RunDir.check_same_run` (the resume rule)."""
+    RunDir(run_dir).check_same_run(cfg)
 
 
 # -- one run ---------------------------------------------------------------------------------------
@@ -77,26 +61,17 @@ def _evaluate(run_dir: Path) -> None:
 
 
 def _score_attention(run_dir: Path) -> None:
-    """Write the ``attention`` section of ``metrics.json`` (or ``attention_skipped`` with the reason)."""
-    from attnmel.report.build import build_report
+    """Write the ``attention`` section of ``metrics.json`` (or ``attention_skipped`` with the reason): the
+    report's numbers only (:func:`attnmel.report.build.score_attention`), no page, no figures."""
+    from attnmel.report.build import score_attention
 
     try:
-        build_report(run_dir, split="test")
-    except AttnMelError as e:
+        score_attention(run_dir, split="test")
+    except MissingMasksError as e:
         # Data without lesion masks cannot be scored; remember why so a resumed sweep does not retry.
-        if "mask" in str(e).lower():
-            update_metrics(run_dir, {"attention_skipped": str(e)})
-        else:
-            raise
+        update_metrics(run_dir, {"attention_skipped": str(e)})
     if not attention_done(read_metrics(run_dir)):
         update_metrics(run_dir, {"attention_skipped": "the report wrote no attention section"})
-
-
-def is_rank_zero() -> bool:
-    """False inside the extra processes of a DDP job (see :func:`attnmel.data.datamodule.process_rank`)."""
-    from attnmel.data.datamodule import process_rank
-
-    return process_rank() == 0
 
 
 def wants_own_process(cfg: dict[str, Any]) -> bool:
@@ -114,23 +89,21 @@ def run_one(plan: RunPlan, train_fn: Callable[..., Path] | None = None,
             evaluate_fn: Callable[[Path], None] | None = None,
             attention_fn: Callable[[Path], None] | None = None) -> RunResult:
     """Bring one arm x seed to "finished", resuming what exists; never raises (failure -> ``error.txt``)."""
-    from attnmel.train.run import resume_checkpoint
-
     train_fn = train_fn or _train
     evaluate_fn = evaluate_fn or _evaluate
     attention_fn = attention_fn or _score_attention
     run_dir = plan.run_dir
+    folder = RunDir(run_dir)
     start = time.perf_counter()
     try:
         if run_finished(run_dir):
             return RunResult(plan.arm, plan.seed, str(run_dir), "skipped")
         check_same_run(run_dir, plan.cfg)
-        (run_dir / ERROR_FILE).unlink(missing_ok=True)
-        ckpts = run_dir / "checkpoints"
+        folder.error_file.unlink(missing_ok=True)
         if not classification_done(read_metrics(run_dir)):
-            if resume_checkpoint(run_dir) is not None:  # last.ckpt, or a SLURM requeue's hpc_ckpt
+            if folder.resume_checkpoint() is not None:  # last.ckpt, or a SLURM requeue's hpc_ckpt
                 train_fn(plan.cfg, resume=True)
-            elif (ckpts / "best.ckpt").is_file():
+            elif folder.best.is_file():
                 evaluate_fn(run_dir)
             else:
                 train_fn(plan.cfg, resume=False)
@@ -147,7 +120,7 @@ def run_one(plan: RunPlan, train_fn: Callable[..., Path] | None = None,
         if not is_rank_zero():
             return RunResult(plan.arm, plan.seed, str(run_dir), "failed", time.perf_counter() - start, message)
         try:
-            write_text(run_dir / ERROR_FILE, f"{message}\n\n{traceback.format_exc()}")
+            write_text(folder.error_file, f"{message}\n\n{traceback.format_exc()}")
         except OSError:
             pass
         return RunResult(plan.arm, plan.seed, str(run_dir), "failed", time.perf_counter() - start, message)
@@ -182,7 +155,7 @@ def run_one_isolated(plan: RunPlan) -> RunResult:
             return RunResult(**json.loads(result_path.read_text(encoding="utf-8")))
     message = f"run process exited with status {proc.returncode} without a result"
     try:
-        write_text(plan.run_dir / ERROR_FILE, message + "\n")
+        write_text(RunDir(plan.run_dir).error_file, message + "\n")
     except OSError:
         pass
     return RunResult(plan.arm, plan.seed, str(plan.run_dir), "failed", time.perf_counter() - start, message)

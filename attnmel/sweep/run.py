@@ -7,9 +7,10 @@ Per run (``<out>/<sweep>-<dataset>/<arm>/seed<k>/``):
 - interrupted (``checkpoints/last.ckpt``, no test metrics yet): ``train(cfg, resume=True)``, which also
   finishes a run whose training ended but whose evaluation did not;
 - otherwise trained from scratch (``train`` evaluates on the test split);
-- then attention quality is scored with :func:`attnmel.report.build.build_report` (its ``attention``
-  section of ``metrics.json``); a run whose data has no lesion masks
-  records ``attention_skipped`` instead, so it is not retried forever.
+- then attention quality is scored with :func:`attnmel.report.build.score_attention` (the report's numbers
+  only, no page or figures: the ``attention`` section of ``metrics.json``); a run whose data has no lesion
+  masks (a :class:`~attnmel.errors.MissingMasksError`) records ``attention_skipped`` instead, so it is not
+  retried forever. ``attnmel report RUN`` draws a run's page when wanted.
 
 A failing run (any exception: bad config, out of memory, NaN loss) is written to ``error.txt`` in its run
 folder and reported; the sweep goes on. Exit status 0 when every run finished, 1 otherwise.
@@ -47,7 +48,7 @@ from attnmel.sweep.one import (  # noqa: F401 - the per-run API, also reached th
     wants_own_process,
 )
 from attnmel.sweep.spec import RunPlan, SweepSpec, load_sweep, plan_runs, sweep_dir_of
-from attnmel.sweep.state import ERROR_FILE
+from attnmel.train.rundir import RunDir
 
 log = logging.getLogger("attnmel.sweep")
 
@@ -79,7 +80,7 @@ def execute(plans: list[RunPlan], jobs: int = 1, on_result: Callable[[RunResult,
             except Exception as e:  # noqa: BLE001 - a worker killed (e.g. by the OOM killer) breaks its future
                 message = f"worker process failed: {_one_line(e)}"
                 try:
-                    write_text(plan.run_dir / ERROR_FILE, message + "\n")
+                    write_text(RunDir(plan.run_dir).error_file, message + "\n")
                 except OSError:
                     pass
                 results[i] = RunResult(plan.arm, plan.seed, str(plan.run_dir), "failed", 0.0, message)
@@ -221,7 +222,7 @@ def _report_end(console, spec: SweepSpec, results: list[RunResult], summary_md: 
         console.print(f"sweep {spec.name}: {len(results) - len(failed)}/{len(results)} runs finished in "
                       f"{time.perf_counter() - start:.0f}s; summary: {escape(str(summary_md))}")
     for r in failed:
-        console.print(escape(f"  failed: {r.arm} seed {r.seed}: {r.error} (see {Path(r.run_dir) / ERROR_FILE})"),
+        console.print(escape(f"  failed: {r.arm} seed {r.seed}: {r.error} (see {RunDir(r.run_dir).error_file})"),
                       soft_wrap=True)
     return 1 if failed else 0
 

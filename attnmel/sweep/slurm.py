@@ -40,12 +40,11 @@ from typing import Any, Callable, Iterable
 from attnmel.errors import AttnMelError
 from attnmel.io import write_json, write_text
 from attnmel.sweep.spec import RunPlan
+from attnmel.train.rundir import RunDir
 
 log = logging.getLogger("attnmel.sweep")
 
 LAUNCHERS = ("local", "slurm")
-JOB_DIR = "slurm"
-JOB_FILE = "job.json"
 # SLURM job states by what they mean for a run (squeue %T / sacct State, upper case, suffixes dropped).
 QUEUED_STATES = {"PENDING", "CONFIGURING", "REQUEUED", "REQUEUE_HOLD", "REQUEUE_FED", "RESV_DEL_HOLD",
                  "SUSPENDED", "STOPPED", "SPECIAL_EXIT"}
@@ -162,7 +161,7 @@ def job_parameters(cfg: dict[str, Any], res: SlurmResources, job_name: str) -> d
 
 # -- the job record in the run folder ----------------------------------------------------------------
 def job_record_path(run_dir: Path) -> Path:
-    return Path(run_dir) / JOB_DIR / JOB_FILE
+    return RunDir(run_dir).job_file
 
 
 def read_job_record(run_dir: Path) -> dict[str, Any] | None:
@@ -234,7 +233,8 @@ class SlurmBackend(Backend):
         import submitit
 
         # No "%j" in the folder: every job of a run (resubmissions too) logs into RUN_DIR/slurm/.
-        executor = submitit.SlurmExecutor(folder=str((plan.run_dir / JOB_DIR).resolve()), max_num_timeout=0)
+        executor = submitit.SlurmExecutor(folder=str(RunDir(plan.run_dir).slurm_dir.resolve()),
+                                          max_num_timeout=0)
         executor.update_parameters(**params)
         noise = io.StringIO()
         try:
@@ -297,7 +297,7 @@ class LocalBackend(Backend):
     def submit(self, plan: RunPlan, params: dict[str, Any]) -> str:
         import submitit
 
-        executor = submitit.LocalExecutor(folder=str((plan.run_dir / JOB_DIR).resolve()))
+        executor = submitit.LocalExecutor(folder=str(RunDir(plan.run_dir).slurm_dir.resolve()))
         executor.update_parameters(timeout_min=int(params.get("time", 60)))
         job = executor.submit(run_job, _plan_data(plan))
         return str(job.job_id)
@@ -360,7 +360,7 @@ def submit_sweep(plans: list[RunPlan], resources: SlurmResources, backend: Backe
     SLURM: not submitted again), ``queued`` (submitted now, job id in ``RunResult.job_id``).
     """
     from attnmel.sweep.one import RunResult, check_same_run
-    from attnmel.sweep.state import ERROR_FILE, run_finished
+    from attnmel.sweep.state import run_finished
 
     report = on_result or (lambda r, i, n: None)
     records = {i: read_job_record(p.run_dir) for i, p in enumerate(plans)}
@@ -377,7 +377,7 @@ def submit_sweep(plans: list[RunPlan], resources: SlurmResources, backend: Backe
             check_same_run(plan.run_dir, plan.cfg)
             params = job_parameters(plan.cfg, resources, _job_name(plan))
             job_id = backend.submit(plan, params)
-            (plan.run_dir / ERROR_FILE).unlink(missing_ok=True)
+            RunDir(plan.run_dir).error_file.unlink(missing_ok=True)
             write_job_record(plan.run_dir, backend.name, job_id, params)
             res = RunResult(plan.arm, plan.seed, str(plan.run_dir), "queued", job_id=job_id)
         results.append(res)
@@ -389,7 +389,7 @@ def refresh(results: list[Any], backend: Backend) -> list[Any]:
     """Statuses now: a job still in SLURM keeps ``queued``/``running``; an ended one is ``done`` when its
     run finished, else ``failed`` (its ``error.txt``, or a line naming the job and its log)."""
     from attnmel.sweep.one import RunResult
-    from attnmel.sweep.state import ERROR_FILE, run_finished
+    from attnmel.sweep.state import run_finished
 
     ids = [r.job_id for r in results if r.job_id and r.status in ("queued", "running")]
     live = backend.states(ids) if ids else {}
@@ -405,11 +405,12 @@ def refresh(results: list[Any], backend: Backend) -> list[Any]:
         elif run_finished(run_dir):
             out.append(RunResult(r.arm, r.seed, r.run_dir, "done", job_id=r.job_id))
         else:
-            err = run_dir / ERROR_FILE
+            err = RunDir(run_dir).error_file
             if err.is_file():
                 message = (err.read_text(encoding="utf-8").splitlines() or ["failed"])[0]
             else:
-                message = f"job {r.job_id} ended before the run finished (see {run_dir / JOB_DIR}/{r.job_id}_0_log.err)"
+                log_err = RunDir(run_dir).slurm_dir / f"{r.job_id}_0_log.err"
+                message = f"job {r.job_id} ended before the run finished (see {log_err})"
                 write_text(err, message + "\n")
             out.append(RunResult(r.arm, r.seed, r.run_dir, "failed", error=message, job_id=r.job_id))
     return out

@@ -9,11 +9,11 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from attnmel.train.rundir import read_metrics
+from attnmel.train.rundir import ERROR_FILE, read_metrics
 
 __all__ = ["ERROR_FILE", "attention_done", "classification_done", "read_metrics", "run_finished"]
 
-ERROR_FILE = "error.txt"  # a failed run's one-line reason and traceback, in its run folder
+# ERROR_FILE (RunDir.error_file): a failed run's one-line reason and traceback, in its run folder.
 
 
 def classification_done(metrics: dict[str, Any]) -> bool:

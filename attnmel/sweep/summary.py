@@ -36,7 +36,8 @@ import numpy as np
 from attnmel.io import atomic_path, write_text
 from attnmel.sweep import stats
 from attnmel.sweep.spec import SweepSpec
-from attnmel.sweep.state import ERROR_FILE, classification_done, read_metrics
+from attnmel.sweep.state import classification_done, read_metrics
+from attnmel.train.rundir import RunDir
 
 CLASSIFICATION_KEYS = ("auc", "average_precision", "sensitivity", "specificity", "balanced_accuracy")
 ATTENTION_KEYS = ("jaccard", "dice", "pointing_game", "energy_inside")
@@ -147,8 +148,8 @@ def collect(sweep_dir: Path, spec: SweepSpec, results: Iterable[Any] = ()) -> li
             run_dir = Path(sweep_dir) / arm.name / f"seed{seed}"
             m = read_metrics(run_dir)
             err = errors.get((arm.name, seed))
-            if err is None and (run_dir / ERROR_FILE).is_file():
-                err = (run_dir / ERROR_FILE).read_text(encoding="utf-8").splitlines()[0:1]
+            if err is None and RunDir(run_dir).error_file.is_file():
+                err = RunDir(run_dir).error_file.read_text(encoding="utf-8").splitlines()[0:1]
                 err = err[0] if err else "failed"
             if (arm.name, seed) in pending:
                 status, err = pending[(arm.name, seed)], None
@@ -197,10 +198,12 @@ def summarise_arm(records: Sequence[RunRecord]) -> dict[str, Any]:
 def _delong_on_split(pairs: Sequence[tuple[RunRecord, RunRecord]], split: str,
                      labels: dict[str, int]) -> dict[str, Any] | None:
     """DeLong on the seed-mean AUC of ``predictions_<split>.csv`` (None where a file or a class is missing)."""
-    name = f"predictions_{split}.csv"
-    if not pairs or not all((a.run_dir / name).is_file() and (b.run_dir / name).is_file() for a, b in pairs):
+    def path(r: RunRecord) -> Path:
+        return RunDir(r.run_dir).predictions(split)
+
+    if not pairs or not all(path(a).is_file() and path(b).is_file() for a, b in pairs):
         return None
-    preds = [(read_predictions(a.run_dir / name), read_predictions(b.run_dir / name)) for a, b in pairs]
+    preds = [(read_predictions(path(a)), read_predictions(path(b))) for a, b in pairs]
     ids = [i for i in labels if all(i in pa and i in pb for pa, pb in preds)]
     y = np.array([labels[i] for i in ids])
     if not len(ids) or not 0 < y.sum() < len(y):
@@ -225,9 +228,8 @@ def paired_tests(arm_records: Sequence[RunRecord], base_records: Sequence[RunRec
         out["note"] = "no seed finished in both this arm and the baseline"
         return out
     if labels:
-        preds = [(read_predictions(a.run_dir / "predictions.csv"), read_predictions(b.run_dir / "predictions.csv"))
-                 for a, b in pairs
-                 if (a.run_dir / "predictions.csv").is_file() and (b.run_dir / "predictions.csv").is_file()]
+        test = [(RunDir(a.run_dir).predictions(), RunDir(b.run_dir).predictions()) for a, b in pairs]
+        preds = [(read_predictions(pa), read_predictions(pb)) for pa, pb in test if pa.is_file() and pb.is_file()]
         if len(preds) == len(pairs):
             ids = [i for i in labels if all(i in pa and i in pb for pa, pb in preds)]
             y = np.array([labels[i] for i in ids])
@@ -245,7 +247,7 @@ def paired_tests(arm_records: Sequence[RunRecord], base_records: Sequence[RunRec
             else:
                 out["note"] = "the test images shared by both arms hold a single class: no AUC/AP test"
         else:
-            out["note"] = "predictions.csv missing: no AUC/AP test"
+            out["note"] = f"{RunDir(pairs[0][0].run_dir).predictions().name} missing: no AUC/AP test"
     else:
         out["note"] = "test labels unavailable (test_labels.csv): no AUC/AP test"
     out["auc_splits"] = {split: t for split, lab in (split_labels or {}).items()
@@ -305,7 +307,7 @@ def build_summary(sweep_dir: Path, spec: SweepSpec, records: Sequence[RunRecord]
 
 
 def _report_link(sweep_dir: Path, run_dir: Path) -> str | None:
-    page = run_dir / "report" / "index.html"
+    page = RunDir(run_dir).report_page
     return os.path.relpath(page, sweep_dir) if page.is_file() else None
 
 

@@ -6,7 +6,9 @@ Into ``RUN_DIR/export/`` (or ``--out``):
   size are dynamic (height and width multiples of 32). Outputs, classifiers: ``probabilities`` (batch, K)
   softmax over ``class_names``, then one ``attention_<layer>`` (batch, 1, h, w) per attention layer
   (AttnMel-CNN: pool-3 at /8, pool-4 at /16), or ``cam`` (batch, K, h, w) for VGG-16-GAP. Segmenters (U-Net,
-  FCRN): ``lesion_probability`` (batch, 1, height, width). Mask R-CNN is refused (detections of
+  FCRN, SegNet): ``lesion_probability`` (batch, 1, height, width), or for an ISIC 2018 Task 2 attribute run
+  ``attribute_probabilities`` (batch, 5, height, width), its channels named in the sidecar (the run's own
+  outputs, :func:`attnmel.train.segmentation.segmentation_outputs`). Mask R-CNN is refused (detections of
   data-dependent number; ``attnmel segment`` runs it).
 - ``model.json``: the sidecar another program needs: class names, the input size the model was trained at,
   the normalisation, the preprocessing geometry step by step, the outputs, and the parity check.
@@ -33,11 +35,11 @@ from torch import nn
 
 from attnmel.errors import AttnMelError, file_error
 from attnmel.io import write_json
+from attnmel.train.rundir import ONNX_FILE, SIDECAR_FILE, SVM_FILE, RunDir
 
 log = logging.getLogger("attnmel.train")
 
 FORMATS = ("onnx",)
-ONNX_FILE, SIDECAR_FILE = "model.onnx", "model.json"
 OPSET = 18
 # fp32 on both sides; differences come from kernel order only (measured ~1e-6 on probabilities and maps).
 PARITY_ATOL = 1e-4
@@ -77,13 +79,19 @@ class _SegmenterGraph(nn.Module):
 def _graph(run) -> tuple[nn.Module, list[str], list[dict[str, Any]]]:
     """The module to export, its output names and their descriptions (for the sidecar)."""
     task = run.cfg.get("task", "classification")
-    name = run.cfg["model"]["name"]
-    if name in NOT_EXPORTABLE:
-        raise AttnMelError(f"{run.run_dir}: model '{name}' cannot be exported to ONNX: {NOT_EXPORTABLE[name]}")
     if task == "segmentation":
-        outputs = [{"name": "lesion_probability", "shape": ["batch", 1, "height", "width"],
-                    "meaning": "sigmoid lesion probability per pixel of the input; threshold at 0.5 for a mask"}]
-        return _SegmenterGraph(run.model).eval(), ["lesion_probability"], outputs
+        from attnmel.train.segmentation import segmentation_outputs
+
+        channels = list(segmentation_outputs(run.cfg))  # ("lesion",) or the five ISIC 2018 Task 2 attributes
+        if channels == ["lesion"]:
+            out = {"name": "lesion_probability", "shape": ["batch", 1, "height", "width"],
+                   "meaning": "sigmoid lesion probability per pixel of the input; threshold at 0.5 for a mask"}
+        else:
+            out = {"name": "attribute_probabilities", "shape": ["batch", len(channels), "height", "width"],
+                   "channels": channels,
+                   "meaning": "sigmoid probability per pixel of each ISIC 2018 Task 2 attribute, channels in the "
+                              "order of 'channels'; threshold at 0.5 for each attribute's mask"}
+        return _SegmenterGraph(run.model).eval(), [out["name"]], [out]
     cam = not getattr(run.model, "attention_layers", ()) and hasattr(run.model, "class_activation_map")
     graph = _ClassifierGraph(run.model, cam).eval()
     outputs = [{"name": "probabilities", "shape": ["batch", len(run.class_names)],
@@ -170,31 +178,31 @@ def check_parity(onnx_path: Path, graph: nn.Module, names: list[str], size: int,
 
 
 def _refuse_early(run_dir: Path) -> None:
-    """A model that cannot be exported is refused from its config, before its weights are loaded."""
-    from attnmel import config as config_mod
-
-    path = run_dir / "config.yaml"
-    name = (config_mod.read_yaml(path).get("model") or {}).get("name") if path.is_file() else None
+    """The one "cannot export" check: a model that cannot be exported is refused from its config, before its
+    weights are loaded."""
+    name = (RunDir(run_dir).saved_config_summary().get("model") or {}).get("name")
     if name in NOT_EXPORTABLE:
         raise AttnMelError(f"{run_dir}: model '{name}' cannot be exported to ONNX: {NOT_EXPORTABLE[name]}")
 
 
 def export_run(run_dir: str | Path, fmt: str = "onnx", out_dir: str | Path | None = None) -> dict[str, Path]:
     """Export a run's best checkpoint; returns ``{"onnx": ..., "sidecar": ...}`` (written atomically)."""
-    from attnmel.train.run import BEST, load_run
+    from attnmel.train.rundir import load_run
 
     if fmt not in FORMATS:
         raise AttnMelError(f"unsupported export format '{fmt}' (supported: {', '.join(FORMATS)})")
     run_dir = Path(run_dir)
+    folder = RunDir(run_dir)
     if not run_dir.is_dir():
         raise file_error(run_dir, "run folder not found")
-    if not (run_dir / "checkpoints" / BEST).is_file():
-        raise file_error(run_dir, "no checkpoint to export (checkpoints/best.ckpt is missing: train the run first)")
+    if not folder.best.is_file():
+        raise file_error(run_dir, f"no checkpoint to export ({folder.best.relative_to(run_dir)} is missing: train "
+                                  "the run first)")
     _refuse_early(run_dir)
     run = load_run(run_dir)
     graph, names, outputs = _graph(run)
     size = int(run.cfg["data"]["image_size"])
-    out_dir = Path(out_dir) if out_dir is not None else run_dir / "export"
+    out_dir = Path(out_dir) if out_dir is not None else folder.export_dir
     out_dir.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="attnmel-export-", dir=out_dir) as tmp:
@@ -218,6 +226,9 @@ def export_run(run_dir: str | Path, fmt: str = "onnx", out_dir: str | Path | Non
                   "size_rule": "height and width multiples of 32; trained and checked at input_size"},
         "preprocessing": preprocessing(run.cfg["data"]),
         "outputs": outputs, "parity": parity,
+        **({"svm_fusion": "not in the graph: this model.svm run's metrics average these probabilities with an "
+                          f"SVM on the penultimate features ({SVM_FILE}), which the ONNX model does not include"}
+           if run.cfg["model"].get("svm") else {}),
         "seconds": round(time.perf_counter() - t0, 1),
     }
     write_json(out_dir / SIDECAR_FILE, sidecar)

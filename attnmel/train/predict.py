@@ -1,5 +1,9 @@
 """``attnmel predict``: class probabilities for arbitrary images, with optional map overlays.
 
+The run is opened on its device (:func:`attnmel.train.inference.open_run`; ``device`` or ``trainer.accelerator``)
+and its probabilities come from the one scoring function, :func:`attnmel.train.inference.score_loader` (so a
+``model.svm`` run shows the fused probabilities, as in ``metrics.json`` and the report), scaled by the run's
+temperature where it was kept (:mod:`attnmel.train.calibration`), as ``predictions.csv`` and the report are.
 Maps come from :func:`attnmel.explain.attributions.explain_batch`, the report's implementation: the attention
 maps (class-agnostic), Grad-CAM, and CAM for VGG-16-GAP, the class-specific ones explaining
 :data:`~attnmel.explain.attributions.DEFAULT_TARGET` (each image's predicted class) as in the report. Overlays are
@@ -23,39 +27,36 @@ PREDICT_METHODS = ("attention", "gradcam", "cam")
 
 def predict_images(run_dir: str | Path, images: list[Path], overlay_dir: Path | None = None,
                    batch_size: int = 16, print_table: bool = True, overlay_size: int | None = DEFAULT_OVERLAY_SIDE,
-                   target: str | int = DEFAULT_TARGET) -> list[dict]:
+                   target: str | int = DEFAULT_TARGET, device: str | None = None) -> list[dict]:
     """Probabilities per image (printed as a table); ``overlay_dir``: a PNG per image with its maps.
 
     Each row: ``image``, one probability per class, ``predicted`` and ``explained`` (the class the Grad-CAM/CAM
     maps explain). ``overlay_size``: long side of the overlays in pixels (None: the original's resolution).
     """
-    from attnmel.data.datamodule import AttnMelDataModule
     from attnmel.data.images import load_image
-    from attnmel.explain.attributions import check_target, describe_target, explain_batch
+    from attnmel.explain.attributions import check_target, describe_target
     from attnmel.explain.overlay import check_overlay_side
-    from attnmel.train.rundir import load_run
+    from attnmel.train.calibration import apply_kept, read_calibration
+    from attnmel.train.inference import open_run
 
     check_target(target)
     check_overlay_side(overlay_size)
-    run = load_run(run_dir)
+    run = open_run(run_dir, device)
     if run.cfg.get("task", "classification") != "classification":
         raise AttnMelError(f"{run_dir}: a segmentation run; use `attnmel segment`")
     for p in images:  # fail before any work on the first bad file, naming it
         load_image(p)
-    dm = AttnMelDataModule(run.cfg, generate=False)
+    dm = run.data()
     ds = dm.predict_dataset([Path(p) for p in images])
     loader = torch.utils.data.DataLoader(ds, batch_size=batch_size, shuffle=False, num_workers=0)
+    probs, targets, maps_all = explain_images(run, loader, target)
+    probs = apply_kept(probs, read_calibration(run.run_dir))  # the run's temperature, as evaluate and the report
     rows: list[dict] = []
-    maps_all: list[dict[str, np.ndarray]] = []
-    for batch in loader:
-        ex = explain_batch(run.model, batch["image"], PREDICT_METHODS, target, run.melanoma_index)
-        probs = torch.softmax(ex.logits, dim=1).numpy()
-        for i in range(probs.shape[0]):
-            row = {"image": str(images[len(rows)]), **{c: float(p) for c, p in zip(run.class_names, probs[i])}}
-            row["predicted"] = run.class_names[int(probs[i].argmax())]
-            row["explained"] = run.class_names[int(ex.targets[i])]
-            rows.append(row)
-            maps_all.append({k: v[i].numpy() for k, v in ex.maps.items()})
+    for i in range(probs.shape[0]):
+        row = {"image": str(images[i]), **{c: float(p) for c, p in zip(run.class_names, probs[i])}}
+        row["predicted"] = run.class_names[int(probs[i].argmax())]
+        row["explained"] = run.class_names[int(targets[i])]
+        rows.append(row)
     explains = describe_target(target, run.class_names, run.melanoma_index)
     if print_table:
         _print_rows(rows, run.class_names)
@@ -65,6 +66,24 @@ def predict_images(run_dir: str | Path, images: list[Path], overlay_dir: Path | 
         write_overlays(Path(overlay_dir), rows, maps_all, ds, dm, run, explains, overlay_size)
         print(f"overlays: {overlay_dir}")
     return rows
+
+
+def explain_images(run, loader, target: str | int) -> tuple[np.ndarray, list[int], list[dict[str, np.ndarray]]]:
+    """Probabilities (N, K) from the one scoring function, the class each image's maps explain, and its maps."""
+    from attnmel.explain.attributions import explain_batch
+    from attnmel.train.inference import score_loader
+
+    targets: list[int] = []
+    maps_all: list[dict[str, np.ndarray]] = []
+
+    def forward(batch: dict):
+        with run.autocast():
+            ex = explain_batch(run.model, batch["image"], PREDICT_METHODS, target, run.melanoma_index)
+        targets.extend(int(t) for t in ex.targets)
+        maps_all.extend({k: v[i].numpy() for k, v in ex.maps.items()} for i in range(len(ex.targets)))
+        return ex
+
+    return score_loader(run, loader, forward).probs, targets, maps_all
 
 
 def write_overlays(overlay_dir: Path, rows: list[dict], maps_all: list[dict[str, np.ndarray]], ds, dm, run,

@@ -12,32 +12,21 @@ import logging
 import os
 import warnings
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import numpy as np
 import torch
-from torch import nn
 
 from attnmel import config as config_mod
 from attnmel.errors import AttnMelError, file_error
 from attnmel.io import atomic_path, write_text
-from attnmel.train.rundir import (
-    BEST,
-    CONFIG,
-    LAST,
-    LoadedRun,
-    checkpoint_path,
-    load_run,
-    lock_run,
-    predictions_path,
-    read_checkpoint,
-    record_split,
-    run_dir_of,
-    update_metrics,
-)
+from attnmel.train.inference import TrainedRun, open_run, resolve_precision, score_loader
+from attnmel.train.masks import resolve_mask_source
+from attnmel.train.rundir import BEST, LAST, RunDir, checkpoint_path, lock_run, read_checkpoint, resume_checkpoint
+
+__all__ = ["evaluate", "evaluate_split", "evaluate_tests", "resolve_precision", "resume_checkpoint", "train"]
 
 log = logging.getLogger("attnmel.train")
-HPC_PREFIX = "hpc_ckpt_"  # Lightning's SLURM auto-requeue checkpoints, in the run folder
 
 
 def _quiet_lightning() -> None:
@@ -53,24 +42,6 @@ def _quiet_lightning() -> None:
 def selection_metric(cfg: dict) -> str:
     """What picks the best checkpoint: validation AUC (classifiers) or mean Jaccard (segmenters)."""
     return "val_jaccard" if cfg.get("task", "classification") == "segmentation" else "val_auc"
-
-
-def resolve_precision(cfg: dict) -> str:
-    """``trainer.precision: auto``: bf16 autocast where the hardware computes bf16 natively, else fp32.
-
-    bf16 autocast with channels-last was the fastest setting of the model benchmark on a CPU with
-    avx512_bf16 (about 2x fp32, same predicted classes); on a CPU without bf16 units it is emulated and slower.
-    ``ATTNMEL_BF16=off|on`` overrides the CPU's answer (:mod:`attnmel.models.precision`).
-    """
-    p = str(cfg["trainer"]["precision"])
-    if p != "auto":
-        return p
-    accel = str(cfg["trainer"]["accelerator"])
-    if accel in ("gpu", "cuda", "auto") and torch.cuda.is_available():
-        return "bf16-mixed" if torch.cuda.is_bf16_supported() else "16-mixed"
-    from attnmel.models.precision import has_fast_bf16
-
-    return "bf16-mixed" if has_fast_bf16("cpu") else "32-true"
 
 
 def _atomic_checkpoint_io():
@@ -170,7 +141,7 @@ def _csv_logger(run_dir: Path, resume_epoch: int | None):
                 self._experiment = AppendingWriter(log_dir=self.log_dir)
             return self._experiment
 
-    return AppendingCSVLogger(run_dir, name="logs", version="csv")
+    return AppendingCSVLogger(run_dir, name=RunDir(run_dir).logs_dir.name, version="csv")
 
 
 def _epoch_of(text: str) -> float:
@@ -212,11 +183,13 @@ def build_trainer(cfg: dict, run_dir: Path, *, callbacks_extra: list | None = No
 
     t = cfg["trainer"]
     monitor = selection_metric(cfg)
-    ckpt_dir = run_dir / "checkpoints"
-    best = _checkpoint_callback(dirpath=ckpt_dir, filename="best", monitor=monitor, mode="max", save_top_k=1,
+    folder = RunDir(run_dir)
+    ckpt_dir = folder.checkpoints_dir
+    # Lightning appends ".ckpt" to these names: the files are the folder's BEST and LAST.
+    best = _checkpoint_callback(dirpath=ckpt_dir, filename=Path(BEST).stem, monitor=monitor, mode="max", save_top_k=1,
                                 auto_insert_metric_name=False, enable_version_counter=False)
     # A second callback for last.ckpt: Lightning's save_last only writes when a top-k checkpoint was saved too.
-    last = _checkpoint_callback(dirpath=ckpt_dir, filename="last", monitor=None, save_top_k=1,
+    last = _checkpoint_callback(dirpath=ckpt_dir, filename=Path(LAST).stem, monitor=None, save_top_k=1,
                                 auto_insert_metric_name=False, enable_version_counter=False)
     callbacks: list = [best, last]
     if t.get("early_stopping_patience"):
@@ -224,7 +197,8 @@ def build_trainer(cfg: dict, run_dir: Path, *, callbacks_extra: list | None = No
     callbacks += callbacks_extra or []
     loggers = [_csv_logger(run_dir, resume_epoch)]
     try:
-        loggers.append(TensorBoardLogger(run_dir, name="logs", version="tensorboard", default_hp_metric=False))
+        loggers.append(TensorBoardLogger(run_dir, name=folder.logs_dir.name, version="tensorboard",
+                                         default_hp_metric=False))
     except ModuleNotFoundError:  # tensorboard is optional at run time
         pass
     kwargs: dict[str, Any] = dict(
@@ -261,14 +235,6 @@ def _cluster_plugins() -> list:
     return [SLURMEnvironment(auto_requeue=True, requeue_signal=signal.SIGUSR1)]
 
 
-def resume_checkpoint(run_dir: Path) -> Path | None:
-    """The checkpoint an interrupted run resumes from: the newest of ``checkpoints/last.ckpt`` and the
-    SLURM requeue checkpoints ``hpc_ckpt_<n>.ckpt``; None when there is neither."""
-    run_dir = Path(run_dir)
-    found = [p for p in [run_dir / "checkpoints" / LAST, *run_dir.glob(f"{HPC_PREFIX}*.ckpt")] if p.is_file()]
-    return max(found, key=lambda p: p.stat().st_mtime_ns) if found else None
-
-
 def train(cfg: dict, *, resume: bool = False, evaluate_after: bool = True, callbacks: list | None = None) -> Path:
     """Train a classifier (or segmenter) into its run folder; returns the folder.
 
@@ -278,7 +244,7 @@ def train(cfg: dict, *, resume: bool = False, evaluate_after: bool = True, callb
     Lightning callbacks (the training benchmark's step timer).
     """
     _quiet_lightning()
-    run_dir = run_dir_of(cfg)
+    run_dir = RunDir.of_config(cfg).path
     with lock_run(run_dir):
         return _train_locked(cfg, run_dir, resume, evaluate_after, callbacks)
 
@@ -297,16 +263,16 @@ def _train_locked(cfg: dict, run_dir: Path, resume: bool, evaluate_after: bool, 
         resume_epoch = int(ckpt.get("epoch", 0))
         del ckpt
         log.info("%s: resuming from %s", run_dir, last)
-    elif resume_checkpoint(run_dir) is not None or any((run_dir / "checkpoints").glob("*.ckpt")):
+    elif RunDir(run_dir).has_checkpoints():
         raise file_error(run_dir, "run folder already holds checkpoints: pass --resume to continue it, "
                                   "or name=<new name> for a new run")
     cfg = resolve_mask_source(cfg)  # before any DataModule exists, and before the config is saved
     run_dir.mkdir(parents=True, exist_ok=True)
-    write_text(run_dir / CONFIG, config_mod.dump(cfg))
+    write_text(RunDir(run_dir).config_file, config_mod.dump(cfg))
     pl.seed_everything(int(cfg["seed"]), workers=True, verbose=False)
 
     module, dm = build_module_and_data(cfg)
-    record_split(run_dir, dm.index("train").split_file)
+    RunDir(run_dir).record_split(dm.index("train").split_file)
     trainer = build_trainer(cfg, run_dir, resume_epoch=resume_epoch, callbacks_extra=callbacks)
     _fit(trainer, module, dm, last, run_dir)
     if not checkpoint_path(run_dir, BEST).is_file():
@@ -342,144 +308,160 @@ def _interrupted(run_dir: Path) -> TrainingInterrupted:
 
 
 def build_module_and_data(cfg: dict):
-    """The LightningModule and DataModule a config describes."""
+    """The LightningModule and DataModule of a config whose ``data.masks`` is resolved (:func:`train` does it).
+
+    Whether the training split must carry masks is the DataModule's decision (``loss.regulariser``); reading
+    the splits here makes a missing mask a one-line error before the Trainer starts.
+    """
     from attnmel.data.datamodule import AttnMelDataModule
 
-    dm = AttnMelDataModule(resolve_mask_source(cfg))
+    dm = AttnMelDataModule(cfg)
     if cfg.get("task", "classification") == "segmentation":
         from attnmel.train.segmentation import SegmentationModule
 
         return SegmentationModule(cfg), dm
-    from attnmel.losses.regularisers import needs_masks
     from attnmel.train.module import ClassificationModule
 
     dm.prepare_data()
     dm.setup("fit")
-    target = needs_masks(cfg["loss"].get("regulariser") or "none")
-    if target:
-        dm.require_masks(target, reason=f"loss.regulariser={cfg['loss']['regulariser']}")
     return ClassificationModule(cfg, dm.class_names, dm.melanoma_index), dm
 
 
-def resolve_mask_source(cfg: dict) -> dict:
-    """``data.masks`` naming a segmentation run -> the folder of that run's masks for this dataset.
-
-    The masks of every image of the dataset are predicted once (:func:`ensure_predicted_masks`), here in the
-    train layer, so the DataModule only ever reads a folder of masks. Any other config comes back unchanged.
-    """
-    from attnmel.data.datamodule import is_segmentation_run
-
-    d = cfg["data"]
-    if not d.get("masks") or not is_segmentation_run(d["masks"]):
-        return cfg
-    out = ensure_predicted_masks(d["masks"], d["dataset"], d["root"], num_classes=int(d["num_classes"]))
-    return {**cfg, "data": {**d, "masks": str(out)}}
-
-
-def ensure_predicted_masks(seg_run_dir: str | Path, dataset: str, root: str | Path, num_classes: int = 2,
-                           progress: bool = True) -> Path:
-    """Masks of every image of a dataset (all splits) from a segmentation run, made once and kept.
-
-    They live in ``<seg run>/masks/<dataset>/`` as ``<image_id>_segmentation.png``; images already done
-    are skipped, so an interrupted pass resumes and a second classifier reuses them.
-    """
-    from attnmel.data.datamodule import predicted_masks_dir
-    from attnmel.train.segment import check_segmentation_run, samples_without_masks, write_masks
-
-    out = predicted_masks_dir(seg_run_dir, dataset)
-    todo = samples_without_masks(dataset, root, out, num_classes=num_classes)
-    if todo:
-        from attnmel.train.segmentation import segmentation_outputs
-
-        run = check_segmentation_run(load_run(seg_run_dir))
-        if segmentation_outputs(run.cfg) != ("lesion",):
-            raise AttnMelError(f"{seg_run_dir}: data.masks needs a lesion segmentation run; this one detects "
-                               "attributes")
-        write_masks(run, [s.image for s in todo], out, ids=[s.image_id for s in todo], progress=progress)
-    return out
-
-
 # -- evaluation ---------------------------------------------------------------------------------
-@torch.inference_mode()
-def predict_probs(model: nn.Module, loader, device: str = "cpu", with_features: bool = False):
-    """Image ids, class probabilities (N, K) and labels (N,) over a DataLoader, batched, no gradients;
-    ``with_features`` adds the penultimate features (N, D) as a fourth value."""
-    model.to(device).eval()
-    ids: list[str] = []
-    probs: list[np.ndarray] = []
-    labels: list[np.ndarray] = []
-    feats: list[np.ndarray] = []
-    for batch in loader:
-        out = model(batch["image"].to(device))
-        probs.append(torch.softmax(out.logits.float(), dim=1).cpu().numpy())
-        labels.append(batch["label"].cpu().numpy())
-        if with_features:
-            feats.append(out.features.float().cpu().numpy())
-        ids += list(batch["image_id"])
-    if not probs:
-        empty = ([], np.zeros((0, 0)), np.zeros(0, dtype=int))
-        return (*empty, np.zeros((0, 0))) if with_features else empty
-    result = (ids, np.concatenate(probs), np.concatenate(labels))
-    return (*result, np.concatenate(feats)) if with_features else result
+def evaluate(run_dir: str | Path, split: str = "test", device: str | None = None, *, overrides: Sequence[str] = (),
+             dataset: str | None = None, root: str | Path | None = None) -> dict:
+    """Score a run on a split (loaded once, on ``device`` or ``trainer.accelerator``): see :func:`evaluate_split`.
+
+    ``overrides``: keys that describe the data (``data.artefact_flags=...``); ``dataset`` + ``root``: score
+    every image of another dataset instead (external validation), under its own name
+    (:mod:`attnmel.train.external`), with the attention maps' Jaccard where it has lesion masks."""
+    from attnmel.train.external import data_view
+
+    run = open_run(run_dir, device)
+    view = data_view(run.cfg, split, overrides, dataset, root) if (overrides or dataset or root) else None
+    return evaluate_split(run, split, view)
 
 
-def evaluate(run_dir: str | Path, split: str = "test") -> dict:
-    """Score a run on a split: ``metrics.json`` (``classification`` section) and ``predictions.csv``."""
-    from attnmel.data.datamodule import AttnMelDataModule
+def evaluate_split(run: TrainedRun, split: str = "test", view: Any = None) -> dict:
+    """Score an opened run on a split: ``metrics.json`` (``classification[_<split>]`` and ``calibration[_<split>]``,
+    or ``segmentation`` / ``attributes`` for a segmentation run) and ``predictions[_<split>].csv``. ``view``
+    (:func:`attnmel.train.external.data_view`): the data-describing overrides, or external data scored under
+    its own name. Scoring the run's own test split first fits the temperature on val (:func:`calibrate`); every
+    split's probabilities (external data's too) are scaled by it when it was kept (:mod:`attnmel.train.calibration`)."""
     from attnmel.metrics.classification import classification_metrics, write_predictions_csv
+    from attnmel.train.calibration import apply_kept, read_calibration
+    from attnmel.train.external import DataView, attention_jaccard, run_on_view, warn_small_images
 
-    run = load_run(run_dir)
+    folder = run.folder
     if run.cfg.get("task", "classification") == "segmentation":
         from attnmel.train.segment import evaluate_attributes, evaluate_segmentation
         from attnmel.train.segmentation import segmentation_outputs
 
         if segmentation_outputs(run.cfg) != ("lesion",):  # ISIC 2018 Task 2: the official attribute score
             scores = evaluate_attributes(run, split)
-            update_metrics(run.run_dir, {"attributes": scores, "split": split})
+            folder.update_metrics({"attributes": scores, "split": split})
             return scores
         scores = evaluate_segmentation(run, split)
-        update_metrics(run.run_dir, {"segmentation": scores, "split": split})
+        folder.update_metrics({"segmentation": scores, "split": split})
         return scores
-    dm = AttnMelDataModule(resolve_mask_source(run.cfg), generate=False)
-    loader = dm.eval_dataloader(split)
-    use_svm = bool(run.cfg["model"].get("svm"))
-    ids, probs, labels, *feats = predict_probs(run.model, loader, with_features=use_svm)
-    if not ids:
+    view = view or DataView(run.cfg, split)
+    run, split = run_on_view(run, view), view.split
+    loader = run.data().eval_dataloader(split)
+    if view.tag:
+        warn_small_images(run.data().index(split).samples, int(view.cfg["data"]["image_size"]), run.data().root)
+    scored = score_loader(run, loader)
+    if not scored.ids:
         raise AttnMelError(f"{run.cfg['data']['root']}: split '{split}' has no images")
+    suffix = view.suffix()
     extra: dict = {}
-    if use_svm:
-        softmax_only = classification_metrics(labels, probs, run.class_names, run.melanoma_index)
-        probs = _svm_average(run, dm, probs, feats[0])
-        extra["classification_softmax_only" + ("" if split == "test" else f"_{split}")] = softmax_only
-    metrics = classification_metrics(labels, probs, run.class_names, run.melanoma_index)
-    suffix = "" if split == "test" else f"_{split}"
-    write_predictions_csv(predictions_path(run.run_dir, split), ids, probs, run.class_names)
-    update_metrics(run.run_dir, {f"classification{suffix}": metrics, "split": split, **extra,
-                                 "checkpoint": str(run.checkpoint.relative_to(run.run_dir))})
+    if run.uses_svm:
+        extra[f"classification_softmax_only{suffix}"] = classification_metrics(
+            scored.labels, scored.softmax, run.class_names, run.melanoma_index)
+    # Scoring test (re)fits the temperature on val; every split then reports the kept one's probabilities.
+    fit = split == "test" and not view.tag
+    cal = _calibrate_or_keep(run, (scored.probs, scored.labels)) if fit else read_calibration(run.run_dir)
+    probs = apply_kept(scored.probs, cal)
+    metrics = classification_metrics(scored.labels, probs, run.class_names, run.melanoma_index)
+    extra.update(_artefact_metrics(view, run.data(), split, scored.ids, scored.labels, probs, run.melanoma_index))
+    if view.tag:
+        if getattr(loader.dataset, "with_mask", False):
+            metrics["attention_jaccard"] = attention_jaccard(run.model, loader, run.melanoma_index)
+        metrics.update(dataset=view.cfg["data"]["dataset"], root=str(view.cfg["data"]["root"]))
+        extra["external"] = sorted({*(folder.metrics().get("external") or []), view.tag})
+    else:
+        extra["split"] = split
+    write_predictions_csv(folder.predictions(view.tag or split), scored.ids, probs, run.class_names)
+    folder.update_metrics({f"classification{suffix}": metrics, **extra,
+                           f"calibration{suffix}": calibration_section(scored.labels, probs, run.melanoma_index, cal),
+                           "checkpoint": str(run.checkpoint.relative_to(run.run_dir))})
     return metrics
 
 
-def evaluate_tests(run_dir: str | Path) -> dict:
+def calibrate(run: TrainedRun, test: tuple[np.ndarray, np.ndarray] | None = None) -> dict:
+    """Fit the temperature on the validation split's probabilities and judge it on test
+    (:func:`attnmel.train.calibration.fit_and_judge`; ``test``: its probabilities and labels when already
+    scored); writes ``RUN/calibration.json``."""
+    from attnmel.train.calibration import fit_and_judge
+
+    val = score_loader(run, run.data().eval_dataloader("val"))
+    if not val.ids:
+        raise AttnMelError(f"{run.cfg['data']['root']}: split 'val' has no images")
+    if test is None:
+        scored = score_loader(run, run.data().eval_dataloader("test"))
+        test = (scored.probs, scored.labels)
+    return fit_and_judge(run.run_dir, (val.probs, val.labels), test, run.melanoma_index,
+                         checkpoint=str(run.checkpoint.relative_to(run.run_dir)))
+
+
+def _calibrate_or_keep(run: TrainedRun, test: tuple[np.ndarray, np.ndarray]) -> dict | None:
+    """:func:`calibrate`; where the tree has no usable validation split (a test-only copy of a dataset), the
+    run's earlier ``calibration.json`` (if any) with a one-line warning, instead of failing the test scores."""
+    from attnmel.train.calibration import read_calibration
+
+    try:
+        return calibrate(run, test=test)
+    except AttnMelError as e:
+        earlier = read_calibration(run.run_dir)
+        log.warning("no temperature fitted (%s); %s", str(e).splitlines()[0],
+                    "keeping the run's earlier temperature" if earlier else "probabilities unscaled")
+        return earlier
+
+
+def calibration_section(labels: np.ndarray, probs: np.ndarray, melanoma_index: int, cal: dict | None) -> dict:
+    """metrics.json ``calibration[_<split>]``: ECE and reliability bins of the reported p(melanoma), and whether
+    a temperature was applied to them."""
+    from attnmel.metrics.calibration import calibration_summary
+
+    out = calibration_summary(np.asarray(labels) == melanoma_index, probs[:, melanoma_index])
+    out["temperature_applied"] = float(cal["temperature"]) if cal and cal.get("kept") else None
+    return out
+
+
+def _artefact_metrics(view, dm, split: str, ids, labels, probs, mel: int) -> dict:
+    """``artefacts<suffix>``: AUC and mean melanoma probability with / without each flagged artefact, where
+    ``data.artefact_flags`` is set (:mod:`attnmel.metrics.artefacts`)."""
+    flags_path = view.cfg["data"].get("artefact_flags")
+    if not flags_path:
+        return {}
+    from attnmel.data.artefacts import read_flags
+    from attnmel.metrics.artefacts import artefact_stratified
+
+    flags = read_flags(flags_path, [s.image_id for s in dm.index(split).samples])
+    is_mel = np.asarray(labels) == mel
+    return {f"artefacts{view.suffix()}": artefact_stratified(flags, list(ids), is_mel, probs[:, mel])}
+
+
+def evaluate_tests(run_dir: str | Path, device: str | None = None) -> dict:
     """``evaluate`` on ``test``; returns its metrics. A synthetic set with ``data.synthetic.extra_tests`` (the
     shortcut benchmark) is scored first on ``val`` and on each extra test split (``test_reversed``, ...),
-    so that metrics.json holds them side by side (``classification_val``, ``classification_test_reversed``)."""
+    so that metrics.json holds them side by side (``classification_val``, ``classification_test_reversed``).
+    The run is loaded once and one DataModule serves every split."""
     from attnmel.data.synthetic import extra_test_splits
 
-    extra = extra_test_splits(load_run(run_dir).cfg["data"])
+    run = open_run(run_dir, device)
+    extra = extra_test_splits(run.cfg["data"])
+    if extra and run.cfg.get("task", "classification") == "classification":
+        calibrate(run)  # first, so that val and the extra splits get the same temperature as test
     for split in ("val", *extra) if extra else ():
-        evaluate(run_dir, split=split)
-    return evaluate(run_dir, split="test")  # last, so metrics.json's "split" stays "test"
-
-
-def _svm_average(run: LoadedRun, dm, softmax: np.ndarray, feats: np.ndarray) -> np.ndarray:
-    """The TMI 2017 fusion: fit (once, on the training split) the SVM on penultimate features, then average."""
-    from attnmel.train.svm import SVM_FILE, FeatureSVM, average_with_svm, fit_feature_svm
-
-    path = run.run_dir / SVM_FILE
-    if path.is_file():
-        svm = FeatureSVM.load(path)
-    else:
-        _, _, train_labels, train_feats = predict_probs(run.model, dm.eval_dataloader("train"), with_features=True)
-        svm = fit_feature_svm(train_feats, train_labels, num_classes=len(run.class_names), seed=int(run.cfg["seed"]))
-        svm.save(path)
-    return average_with_svm(softmax, feats, svm)
+        evaluate_split(run, split)
+    return evaluate_split(run, "test")  # last, so metrics.json's "split" stays "test"

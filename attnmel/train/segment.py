@@ -17,10 +17,25 @@ from attnmel.errors import AttnMelError
 
 
 def _prepare(image: np.ndarray, data_cfg: dict, mean: list[float], std: list[float]) -> torch.Tensor:
-    # The whole image resized to a square (the U-Net seed's choice), so the mask maps back to every pixel.
+    """The network's input for a whole image, by the data layer's one geometry (:func:`eval_box` +
+    :func:`crop_resize`, what evaluation feeds the network). A run whose input is not the whole image
+    (``data.center_crop``, ``data.crop_to_mask``, ``data.image_size`` < ``data.resize``) is refused: its masks
+    could not cover every pixel of the original."""
+    from attnmel.data.transforms import BaseSpec, crop_resize, eval_box
+
+    h, w = image.shape[:2]
     size = int(data_cfg["image_size"])
-    x = torch.from_numpy(np.array(image, copy=True)).permute(2, 0, 1).float().unsqueeze(0) / 255.0
-    x = F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False, antialias=True)
+    spec = BaseSpec.from_cfg(data_cfg)
+    box = eval_box(w, h, spec, size)
+    # crop_to_mask crops around a lesion mask the image to be segmented does not have yet.
+    if spec.crop_to_mask is not None or not np.allclose(box, (0.0, 0.0, float(w), float(h)), atol=1e-6):
+        raise AttnMelError(f"config: data.center_crop={data_cfg.get('center_crop')!r}, data.crop_to_mask="
+                           f"{data_cfg.get('crop_to_mask')!r}, data.resize={data_cfg.get('resize')!r}, "
+                           f"data.image_size={size}: this run saw only part of each image, so full-size masks "
+                           "cannot be made from it (segmentation needs center_crop null, crop_to_mask null and "
+                           "image_size equal to resize)")
+    arr = crop_resize(np.ascontiguousarray(image), box, (w, h), (size, size), nearest=False)
+    x = torch.from_numpy(arr).permute(2, 0, 1).float().unsqueeze(0) / 255.0
     m = torch.tensor(mean).view(1, 3, 1, 1)
     s = torch.tensor(std).view(1, 3, 1, 1)
     return (x - m) / s
@@ -36,13 +51,15 @@ def predict_full_size(model: torch.nn.Module, image: np.ndarray, data_cfg: dict,
 @torch.inference_mode()
 def predict_outputs_full_size(model: torch.nn.Module, image: np.ndarray, data_cfg: dict, mean: list[float],
                               std: list[float]) -> np.ndarray:
-    """Every output's probability (C, H, W) at the image's own size."""
-    logits = model(_prepare(image, data_cfg, mean, std))
+    """Every output's probability (C, H, W) at the image's own size; the model runs where its weights are (the
+    run's device, :func:`attnmel.train.inference.open_run`)."""
+    device = next(model.parameters()).device
+    logits = model(_prepare(image, data_cfg, mean, std).to(device))
     if isinstance(logits, (tuple, list)):
         logits = logits[0]
     prob = torch.sigmoid(logits.float())
     prob = F.interpolate(prob, size=image.shape[:2], mode="bilinear", align_corners=False)
-    return prob[0].numpy()
+    return prob[0].cpu().numpy()
 
 
 def _norm_stats(cfg: dict) -> tuple[list[float], list[float]]:

@@ -11,21 +11,15 @@ scores at full resolution are :mod:`attnmel.metrics.segmentation` and :mod:`attn
 
 from __future__ import annotations
 
-import copy
-from pathlib import Path
 from typing import Any
 
-import pytorch_lightning as pl
 import torch
 from torch import Tensor
 
-from attnmel.errors import AttnMelError
 from attnmel.losses.segmentation import build_segmentation_loss
 from attnmel.metrics.attributes import Task2Jaccard
 from attnmel.models.segmentation import build_segmenter
-from attnmel.train.optim import configure_optimisers
-
-CHECKPOINT_FORMAT = 1
+from attnmel.train.module import AttnMelModule
 
 
 def jaccard_per_image(logits: Tensor, masks: Tensor, threshold: float = 0.5) -> Tensor:
@@ -43,9 +37,9 @@ def jaccard_per_image(logits: Tensor, masks: Tensor, threshold: float = 0.5) -> 
 def segmentation_outputs(cfg: dict) -> tuple[str, ...]:
     """The names of a segmentation config's outputs: ``("lesion",)``, or the five ISIC 2018 Task 2
     attributes when the dataset is an attribute dataset."""
-    from attnmel.data.readers import ATTRIBUTE_DATASETS, ATTRIBUTES
+    from attnmel.data.readers import ATTRIBUTES, dataset_info
 
-    return tuple(ATTRIBUTES) if cfg["data"]["dataset"] in ATTRIBUTE_DATASETS else ("lesion",)
+    return tuple(ATTRIBUTES) if dataset_info(cfg["data"]["dataset"]).attributes else ("lesion",)
 
 
 def target_key(outputs: tuple[str, ...]) -> str:
@@ -53,22 +47,7 @@ def target_key(outputs: tuple[str, ...]) -> str:
     return "mask" if outputs == ("lesion",) else "attributes"
 
 
-def plain_data(obj: Any) -> Any:
-    """A deep copy made of dict/list/str/int/float/bool/None only (checkpoints load with weights_only)."""
-    if isinstance(obj, dict):
-        return {str(k): plain_data(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [plain_data(v) for v in obj]
-    if isinstance(obj, Path):
-        return str(obj)
-    if obj is None or isinstance(obj, (str, int, float, bool)):
-        return copy.copy(obj)
-    if hasattr(obj, "item"):  # numpy / torch scalars
-        return obj.item()
-    return str(obj)
-
-
-class SegmentationModule(pl.LightningModule):
+class SegmentationModule(AttnMelModule):
     """Trains any segmenter of :func:`build_segmenter` on image/mask batches.
 
     U-Net and FCRN use the configured loss (``loss.name``: dice | bce | dice_bce) on their logits;
@@ -77,27 +56,16 @@ class SegmentationModule(pl.LightningModule):
     """
 
     def __init__(self, cfg: dict) -> None:
-        super().__init__()
-        self.cfg = plain_data(cfg)
-        # Under "cfg" so Lightning's load_from_checkpoint can call SegmentationModule(cfg=...).
-        self.save_hyperparameters({"cfg": self.cfg})
+        super().__init__(cfg)
         self.outputs = segmentation_outputs(self.cfg)
         self.target = target_key(self.outputs)
-        self.model = build_segmenter(self.cfg["model"]["name"], self.cfg["model"], out_channels=len(self.outputs))
+        model = build_segmenter(self.cfg["model"]["name"], self.cfg["model"], out_channels=len(self.outputs))
         self.val_task2 = Task2Jaccard(len(self.outputs)) if self.target == "attributes" else None
-        self.uses_detection_loss = hasattr(self.model, "training_step_loss")
+        self.uses_detection_loss = hasattr(model, "training_step_loss")
         # Mask R-CNN takes a list of images and resizes them itself: channels_last would not reach it.
-        self.channels_last = bool(self.cfg.get("trainer", {}).get("channels_last")) and not self.uses_detection_loss
-        if self.channels_last:
-            self.model = self.model.to(memory_format=torch.channels_last)
+        self.set_model(model, bool(self.cfg.get("trainer", {}).get("channels_last")) and not self.uses_detection_loss)
         # Mask R-CNN trains on its own losses, so loss.name (default: focal) is not read for it.
         self.criterion = None if self.uses_detection_loss else build_segmentation_loss(self.cfg["loss"], self.outputs)
-
-    def forward(self, x: Tensor) -> Tensor:  # Lightning's hook
-        """Lesion logits (B,1,H,W)."""
-        if self.channels_last:
-            x = x.contiguous(memory_format=torch.channels_last)
-        return self.model(x)
 
     def _loss(self, batch: dict[str, Any]) -> tuple[Tensor, Tensor | None]:
         """(loss, logits or None); Mask R-CNN's loss needs no logits."""
@@ -110,11 +78,7 @@ class SegmentationModule(pl.LightningModule):
     # -- training -----------------------------------------------------------------------------
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor:
         loss, _ = self._loss(batch)
-        if not torch.isfinite(loss):
-            raise AttnMelError(
-                f"training loss became {loss.item()} at epoch {self.current_epoch}, batch {batch_idx}: "
-                "stopped; the last good checkpoint is kept (try a lower optim.lr)"
-            )
+        self.check_finite(loss, batch_idx)
         self.log("train_loss", loss, prog_bar=True, on_step=True, on_epoch=True, batch_size=batch["image"].shape[0])
         return loss
 
@@ -134,30 +98,5 @@ class SegmentationModule(pl.LightningModule):
         jac = jaccard_per_image(logits, batch["mask"]).mean()
         self.log("val_jaccard", jac, prog_bar=True, batch_size=bs, sync_dist=True)
 
-    # -- inference ----------------------------------------------------------------------------
-    @torch.no_grad()
-    def predict_masks(self, images: Tensor) -> Tensor:
-        """Probabilities (B,C,H,W) in eval mode; the module's train/eval mode is restored."""
-        was_training = self.training
-        self.eval()
-        try:
-            return torch.sigmoid(self(images).float())
-        finally:
-            self.train(was_training)
-
-    def predict_step(self, batch: dict[str, Any], batch_idx: int, dataloader_idx: int = 0) -> dict[str, Any]:
-        """``{"image_id": [...], "prob": (B,1,H,W)}`` (ids passed through when the batch has them)."""
-        return {"image_id": batch.get("image_id"), "prob": torch.sigmoid(self(batch["image"]).float())}
-
-    # -- optimiser ----------------------------------------------------------------------------
-    def configure_optimizers(self):
-        return configure_optimisers(self, self.cfg["optim"])
-
-    # -- checkpoint: plain data only (attnmel.train.rundir.load_run reads this section) -------------
-    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        checkpoint["attnmel"] = {
-            "format": CHECKPOINT_FORMAT,
-            "config": self.cfg,
-            "model": self.cfg["model"]["name"],
-            "outputs": list(self.outputs),
-        }
+    def checkpoint_extra(self) -> dict[str, Any]:
+        return {"outputs": list(self.outputs)}

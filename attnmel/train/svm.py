@@ -15,8 +15,6 @@ import numpy as np
 from attnmel.errors import file_error
 from attnmel.io import atomic_path
 
-SVM_FILE = "svm.npz"
-
 
 @dataclass
 class FeatureSVM:

@@ -70,3 +70,14 @@ def test_report_bench_runs_on_a_small_set(tmp_path, monkeypatch) -> None:
     out = bench_report.run(tmp_path / "report.json", limit=2)
     assert out["n_images"] == 2 and out["extrapolated"] and out["n_test_split"] == 4
     assert set(out["timings_s"]) >= {"inference", "attributions", "total"}
+
+
+@pytest.mark.slow
+def test_bench_evaluate_times_every_split_with_one_checkpoint_read(tmp_path, monkeypatch):
+    from attnmel.bench.evaluate import SPLITS, run
+
+    monkeypatch.setenv("ATTNMEL_BENCH_TINY", "1")
+    out = run(tmp_path / "evaluate.json")
+    assert out["checkpoint_reads"] == 1 and out["wall_s"] > 0
+    assert out["splits_scored"] == sorted(["classification"] + [f"classification_{s}" for s in SPLITS if s != "test"])
+    assert json.loads((tmp_path / "evaluate.json").read_text())["images"] == out["images"]

@@ -180,7 +180,7 @@ def test_dermo_regulariser_reads_the_union_of_the_attribute_masks(attr_root, tmp
 
     cfg = _cfg(attr_root, tmp_path, loss={**defaults()["loss"], "regulariser": "dermo"})
     dm = AttnMelDataModule(cfg, progress=False)
-    dm.require_masks("dermo", reason="loss.regulariser=dermo")
+    assert dm.dataset("train").with_dermo  # the regulariser's masks are there (else a MissingMasksError)
     batch = next(iter(dm.train_dataloader()))
     assert batch["dermo"].sum() > 0
     from attnmel.models.base import ClassifierOutput

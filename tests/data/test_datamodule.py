@@ -16,7 +16,7 @@ from attnmel.config import defaults
 from attnmel.data.datamodule import AttnMelDataModule, make_loader, oversample_rows
 from attnmel.data.samples import DatasetIndex, Sample
 from attnmel.data.synthetic import MARKER
-from attnmel.errors import AttnMelError
+from attnmel.errors import AttnMelError, MissingMasksError
 
 N_MEL = 3
 
@@ -170,9 +170,10 @@ def test_missing_masks_with_a_regulariser_is_a_clear_error(tmp_path):
     # without a regulariser, no masks is fine: the batch has no mask key
     dm = make_dm(tmp_path / "n", gt_masks=False)
     assert "mask" not in next(iter(dm.train_dataloader()))
-    with pytest.raises(AttnMelError, match="lesion masks"):
-        dm.require_masks("mask", reason="loss.regulariser=lesion")
-    make_dm(tmp_path / "y").require_masks("mask")  # has them: no error
+    assert not dm.dataset("train").with_mask
+    with pytest.raises(MissingMasksError, match="lesion masks"):  # the type a sweep decides by
+        make_dm(tmp_path / "r", gt_masks=False, reg="lesion").dataset("train")
+    assert make_dm(tmp_path / "y", reg="lesion").dataset("train").with_mask  # has them: no error
 
 
 def test_predicted_masks_folder_fills_in(tmp_path):

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from attnmel.cli import main as cli_main
-from attnmel.data.samples import RUN_SPLIT_FILE
+from attnmel.train.rundir import RunDir
 from tests.data._tree import tree_snapshot
 
 EXPERIMENTS = Path(__file__).resolve().parents[2] / "experiments"
@@ -46,7 +46,7 @@ def test_check_train_evaluate_report_leave_a_writable_dataset_folder_untouched(m
     drawn = list((cache / "splits").rglob("attnmel_splits.csv"))
     assert len(drawn) == 1 and drawn[0].parent.name.startswith("ham10000-")
     # The run folder records the split it trained on: the same lesions in each split as the drawn file.
-    copy = run / RUN_SPLIT_FILE
+    copy = RunDir(run).split_file
     assert copy.read_text() == drawn[0].read_text() == stored.read_text()
     rows = list(csv.DictReader(copy.read_text().splitlines()))
     assert {r["split"] for r in rows} == {"train", "val", "test"}

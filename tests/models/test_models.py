@@ -227,3 +227,26 @@ def test_segmenters_build_through_build_model() -> None:
     assert out.shape == (2, 1, 32, 32)
     with pytest.raises(AttnMelError, match="model.options.*fuse_strides"):
         build_model({"name": "unet", "pretrained": "none", "options": {"fuse_strides": [8]}}, 2)
+
+
+def test_factories_take_typed_keyword_arguments_and_check_each_once():
+    """As torchvision's and timm's builders: ``factory(num_classes, *, key=value)``; build_model only reads the
+    config section into those arguments."""
+    import inspect
+
+    from attnmel.models import MODELS
+
+    for name in MODEL_NAMES:
+        params = list(inspect.signature(MODELS.get(name)).parameters.values())
+        assert params[0].kind is inspect.Parameter.POSITIONAL_OR_KEYWORD, name
+        assert all(p.kind is inspect.Parameter.KEYWORD_ONLY and p.default is not inspect.Parameter.empty
+                   for p in params[1:]), name
+    from attnmel.models import attnmel, resnet50
+
+    net = attnmel(3, width=0.125, attention_layers=["pool4"])
+    assert net.attention_layers == ("pool4",) and net(torch.zeros(1, 3, 64, 64)).logits.shape == (1, 3)
+    with pytest.raises(AttnMelError, match="model.width is only supported by the VGG-16 family"):
+        resnet50(2, width=0.5)
+    # A key of another model in the section is left alone (the whole model section is passed).
+    assert build_model({"name": "vgg16", "pretrained": "none", "width": 0.125, "gap_path": "gated",
+                        "options": {}}, 2) is not None

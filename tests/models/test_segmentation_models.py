@@ -70,8 +70,13 @@ def test_unknown_segmenter_is_a_one_line_error():
 
 
 def test_bad_model_options_are_errors():
+    from attnmel import config as config_mod
+
+    # Each value is checked once: its type by the config engine, the model's own range by its factory.
     with pytest.raises(AttnMelError, match="model.width"):
-        build_segmenter("unet", {"width": "wide"})
+        config_mod.load_config(None, ["model.width=wide"])
+    with pytest.raises(AttnMelError, match=r"model.width for unet .* \(0, 8\]"):
+        build_segmenter("unet", {"width": 9})
     with pytest.raises(AttnMelError, match="model.width must be 1.0 for fcrn"):
         build_segmenter("fcrn", {"pretrained": "none", "width": 0.5})
     with pytest.raises(AttnMelError, match="detector_options.*rpn_magic"):
@@ -320,6 +325,16 @@ def _loader(n: int = 4, size: int = 64):
     return torch.utils.data.DataLoader(items, batch_size=2)
 
 
+def _jaccard_by_hand(module, batch) -> float:
+    """Mean per-image Jaccard of sigmoid(logits) > 0.5 against the masks; an empty pair scores 1."""
+    module.eval()
+    with torch.no_grad():
+        pred = (torch.sigmoid(module(batch["image"]).float()) > 0.5).numpy().reshape(len(batch["image"]), -1)
+    truth = (batch["mask"] > 0.5).numpy().reshape(len(batch["image"]), -1)
+    scores = [1.0 if not (p | t).any() else (p & t).sum() / (p | t).sum() for p, t in zip(pred, truth)]
+    return float(np.mean(scores))
+
+
 def _trainer(tmp_path):
     import pytorch_lightning as pl
 
@@ -336,12 +351,15 @@ def test_segmentation_module_trains_validates_predicts_and_checkpoints(name, mod
     metrics = trainer.callback_metrics
     for key in ("train_loss_epoch", "val_loss", "val_jaccard"):
         assert key in metrics and torch.isfinite(metrics[key]), key
-    assert 0.0 <= float(metrics["val_jaccard"]) <= 1.0
+    if name == "unet":  # the logged val_jaccard is the first validation batch's, computed here by hand
+        assert float(metrics["val_jaccard"]) == pytest.approx(_jaccard_by_hand(module, next(iter(_loader()))),
+                                                              abs=1e-6)
     x, _ = lesions(2, 64, seed=5)
-    module.train()
-    probs = module.predict_masks(x)
-    assert probs.shape == (2, 1, 64, 64) and probs.min() >= 0 and probs.max() <= 1
-    assert module.training  # mode restored
+    module.eval()
+    with torch.no_grad():
+        out = module(x)
+    out = out[0] if isinstance(out, (tuple, list)) else out
+    assert out.shape == (2, 1, 64, 64) and torch.isfinite(out).all()
     if name == "maskrcnn":
         return  # same checkpoint code path; writing ~0.5 GB of detector + AdamW state is slow on CI
     path = tmp_path / "m.ckpt"

@@ -453,13 +453,19 @@ def test_two_arm_sweep_end_to_end(tmp_path: Path, monkeypatch: pytest.MonkeyPatc
     assert (sweep_dir / "test_labels.csv").is_file()
     assert "auc" in summary["arms"][1]["tests"]
     assert "pool4" in summary["arms"][1]["attention"] and "pool4" in summary["arms"][1]["tests"]["jaccard"]
-    assert (sweep_dir / "none" / "seed0" / "report" / "index.html").is_file()
-    assert 'href="none/seed0/report/index.html"' in (sweep_dir / "summary.html").read_text()
+    # The sweep asks for the report's numbers only: no page, no figures per run.
+    assert m["attention"]["mean"] and "report" not in m
+    assert not (sweep_dir / "none" / "seed0" / "report").exists()
+    assert 'href="none/seed0/report/index.html"' not in (sweep_dir / "summary.html").read_text()
     assert "tiny/summary.html" in (tmp_path / "reports" / "index.html").read_text()
-    # Second call: everything finished, nothing retrained.
+    # Second call: everything finished, nothing retrained; a page drawn since (attnmel report) is linked.
+    from attnmel.report.build import build_report
+
+    build_report(sweep_dir / "none" / "seed0", reports_root=None)
     calls = []
     monkeypatch.setattr(sweep_one, "_train", lambda cfg, resume=False: calls.append(cfg))
     assert _run(path, out, jobs=1) == 0 and calls == []
+    assert 'href="none/seed0/report/index.html"' in (sweep_dir / "summary.html").read_text()
 
 
 @pytest.mark.slow

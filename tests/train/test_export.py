@@ -95,7 +95,7 @@ def test_onnx_classifier_matches_pytorch(tmp_path: Path, synthetic_root: Path) -
 
     from attnmel.cli import main
     from attnmel.data.datamodule import AttnMelDataModule
-    from attnmel.train.run import load_run
+    from attnmel.train.rundir import load_run
 
     run_dir = _untrained_run(tmp_path, synthetic_root)
     assert main(["export", str(run_dir)]) == 0
@@ -155,3 +155,42 @@ def test_onnx_unet_segmenter_matches_pytorch(tmp_path: Path) -> None:
         (got,) = session.run(None, {"image": x.numpy()})
         assert got.shape == (shape[0], 1, shape[2], shape[3])
         np.testing.assert_allclose(got, ref.numpy(), atol=TOL, rtol=0)
+
+
+@pytest.mark.slow
+def test_onnx_attribute_run_names_and_sizes_its_five_outputs(tmp_path: Path) -> None:
+    """An ISIC 2018 Task 2 run: the sidecar names one output of the run's five attribute channels, which is what
+    the graph returns in onnxruntime (the sidecar once said one lesion channel)."""
+    import onnxruntime as ort
+
+    from attnmel import config as config_mod
+    from attnmel.data.readers import ATTRIBUTES
+    from attnmel.io import write_text
+    from attnmel.models.segmentation import build_segmenter
+
+    run_dir = tmp_path / "runs" / "attributes"
+    cfg = config_mod.load_config(None, ["task=segmentation", "model.name=unet", "model.pretrained=none",
+                                        "model.width=0.25", "data.dataset=synthetic_attributes",
+                                        "data.image_size=64", "data.resize=64", f"out_dir={run_dir.parent}",
+                                        "name=attributes"])
+    cfg["data"]["center_crop"] = None
+    torch.manual_seed(0)
+    model = build_segmenter("unet", cfg["model"], out_channels=len(ATTRIBUTES))
+    (run_dir / "checkpoints").mkdir(parents=True)
+    write_text(run_dir / "config.yaml", config_mod.dump(cfg))
+    torch.save({"state_dict": {f"model.{k}": v for k, v in model.state_dict().items()},
+                "attnmel": {"config": cfg, "class_names": [], "melanoma_index": 0, "outputs": list(ATTRIBUTES)}},
+               run_dir / "checkpoints" / "best.ckpt")
+    paths = export_run(run_dir)
+    (out,) = json.loads(paths["sidecar"].read_text())["outputs"]
+    assert out["name"] == "attribute_probabilities" and out["channels"] == list(ATTRIBUTES)
+    assert out["shape"] == ["batch", 5, "height", "width"]
+    session = ort.InferenceSession(str(paths["onnx"]), providers=["CPUExecutionProvider"])
+    assert [o.name for o in session.get_outputs()] == ["attribute_probabilities"]
+    model.eval()
+    x = torch.randn(2, 3, 64, 96, generator=torch.Generator().manual_seed(1))
+    with torch.inference_mode():
+        ref = torch.sigmoid(model(x))
+    (got,) = session.run(None, {"image": x.numpy()})
+    assert got.shape == (2, 5, 64, 96)
+    np.testing.assert_allclose(got, ref.numpy(), atol=TOL, rtol=0)

@@ -27,12 +27,28 @@ def seg_run(synthetic_root, tmp_path_factory):
     return run_mod.train(cfg)
 
 
-def test_segmentation_run_scores_task1_metrics(seg_run):
+def test_segmentation_run_scores_task1_metrics(seg_run, synthetic_root, tmp_path):
+    """metrics.json's Task 1 scores are the scores of the masks `attnmel segment` writes, computed here by hand
+    (pixel counts with numpy), and the run segments better than calling every pixel lesion."""
+    from attnmel.data.readers import read_split
+
     m = json.loads((seg_run / "metrics.json").read_text())["segmentation"]
-    assert m["n_images"] > 0
-    for key in ("jaccard", "threshold_jaccard", "dice", "accuracy", "sensitivity", "specificity"):
-        assert 0.0 <= m["mean"][key] <= 1.0
-    assert len(m["per_image"]) == m["n_images"]
+    samples = [s for s in read_split("synthetic", synthetic_root, "test").samples if s.mask is not None]
+    assert cli_main(["segment", str(seg_run), *(str(s.image) for s in samples), "--out", str(tmp_path / "m")]) == 0
+    jac, dice, all_lesion = {}, {}, []
+    for s in samples:
+        pred = np.asarray(Image.open(tmp_path / "m" / f"{Path(s.image).stem}_segmentation.png")) > 127
+        truth = np.asarray(Image.open(s.mask).convert("L")) > 127
+        tp, union = np.sum(pred & truth), np.sum(pred | truth)
+        jac[s.image_id] = 1.0 if union == 0 else tp / union
+        dice[s.image_id] = 1.0 if union == 0 else 2 * tp / (pred.sum() + truth.sum())
+        all_lesion.append(truth.mean())  # Jaccard of a mask that calls every pixel lesion
+    assert m["n_images"] == len(samples) == len(m["per_image"])
+    assert m["mean"]["jaccard"] == pytest.approx(np.mean(list(jac.values())), abs=1e-9)
+    assert m["mean"]["dice"] == pytest.approx(np.mean(list(dice.values())), abs=1e-9)
+    for row in m["per_image"]:
+        assert row["jaccard"] == pytest.approx(jac[row["image_id"]], abs=1e-9)
+    assert m["mean"]["jaccard"] > np.mean(all_lesion) + 0.1
 
 
 def test_segment_writes_full_size_binary_pngs(seg_run, synthetic_root, tmp_path):

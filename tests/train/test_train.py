@@ -72,21 +72,29 @@ def test_checkpoint_is_plain_data_and_round_trips(trained):
     # The same weights as the checkpoint's state dict, key for key.
     for k, v in run.model.state_dict().items():
         assert torch.equal(v, ckpt["state_dict"]["model." + k])
-    # A model built by hand from the checkpoint (not through load_run / predict_probs, which wrote
-    # predictions.csv) gives the probabilities in predictions.csv.
+    # A model built by hand from the checkpoint (not through load_run / score_loader, which wrote
+    # predictions.csv) gives the probabilities in predictions.csv, at the run's precision (trainer.precision
+    # auto: bf16 autocast on a CPU with bf16 units, where evaluate runs on a BatchNorm-folded copy, so the
+    # tolerance is bf16's): softmax(logits / T) when the temperature fitted on val was kept (it lowered the test
+    # ECE), softmax(logits) otherwise.
     from attnmel.data.datamodule import AttnMelDataModule
     from attnmel.models import build_model
+    from attnmel.train.inference import autocast_dtype, resolve_precision
 
     cfg = ckpt["attnmel"]["config"]
     model = build_model({**cfg["model"], "pretrained": "none"}, num_classes=2)
     model.load_state_dict({k[len("model."):]: v for k, v in ckpt["state_dict"].items() if k.startswith("model.")})
     model.eval()
     rows = {r["image_id"]: float(r["melanoma"]) for r in _rows(trained / "predictions.csv")}
+    cal = json.loads((trained / "calibration.json").read_text())
+    t = cal["temperature"] if cal["kept"] else 1.0
     seen = 0
-    with torch.no_grad():
+    dtype = autocast_dtype(resolve_precision(cfg, torch.device("cpu")))
+    atol = 1e-5 if dtype is None else 2e-2
+    with torch.no_grad(), torch.autocast("cpu", dtype=dtype or torch.bfloat16, enabled=dtype is not None):
         for batch in AttnMelDataModule(cfg, progress=False).eval_dataloader("test"):
-            mel = torch.softmax(model(batch["image"]).logits.float(), dim=1)[:, 1].numpy()
-            assert np.allclose([rows[i] for i in batch["image_id"]], mel, atol=1e-5)
+            mel = torch.softmax(model(batch["image"]).logits.float() / t, dim=1)[:, 1].numpy()
+            assert np.allclose([rows[i] for i in batch["image_id"]], mel, atol=atol)
             seen += len(mel)
     assert seen == len(rows)
 
@@ -263,3 +271,47 @@ def test_evaluate_after_the_dataset_folder_is_gone_refuses_and_keeps_the_results
 
 def _root_of(run: Path) -> str:
     return config_mod.read_yaml(run / "config.yaml")["data"]["root"]
+def test_training_fits_a_temperature_and_reports_the_ece_of_predictions_csv(trained):
+    """train -> evaluate fits T on val (calibration.json) and metrics.json's calibration section holds the ECE of
+    the probabilities in predictions.csv (torchmetrics' binary ECE, 15 bins, as the oracle)."""
+    from torchmetrics.classification import BinaryCalibrationError
+
+    cal = json.loads((trained / "calibration.json").read_text())
+    assert cal["fitted_on"] == "val" and cal["temperature"] > 0 and isinstance(cal["kept"], bool)
+    assert cal["kept"] == (cal["ece"]["test"]["scaled"] < cal["ece"]["test"]["raw"])
+    metrics = json.loads((trained / "metrics.json").read_text())
+    section = metrics["calibration"]
+    assert section["temperature_applied"] == (cal["temperature"] if cal["kept"] else None)
+    from attnmel.data.datamodule import AttnMelDataModule
+
+    run = rundir.load_run(trained)
+    labels = {}
+    for batch in AttnMelDataModule(run.cfg, progress=False).eval_dataloader("test"):
+        labels.update({i: int(y) for i, y in zip(batch["image_id"], batch["label"])})
+    rows = _rows(trained / "predictions.csv")
+    p = torch.tensor([float(r["melanoma"]) for r in rows], dtype=torch.float64).clamp(max=1 - 1e-12)
+    y = torch.tensor([int(labels[r["image_id"]] == run.melanoma_index) for r in rows])
+    assert section["ece"] == pytest.approx(float(BinaryCalibrationError(n_bins=15)(p, y)), abs=1e-6)
+
+
+def test_evaluate_on_a_tree_without_val_keeps_the_earlier_temperature(trained, synthetic_root, tmp_path, caplog):
+    """A test-only copy of the dataset: no temperature can be fitted, so test is still scored, with the run's
+    earlier calibration.json, and a one-line warning says so."""
+    import shutil
+
+    import yaml
+
+    root = tmp_path / "test_only"
+    shutil.copytree(synthetic_root, root, ignore=shutil.ignore_patterns("*Validation*"))
+    run = tmp_path / "run"
+    shutil.copytree(trained, run, ignore=shutil.ignore_patterns("report", "logs"))
+    before = json.loads((run / "calibration.json").read_text())
+    cfg = yaml.safe_load((run / "config.yaml").read_text())
+    cfg["data"]["root"] = str(root)
+    (run / "config.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False))
+    with caplog.at_level("WARNING", logger="attnmel.train"):
+        m = run_mod.evaluate(run, "test")
+    assert m["n_images"] > 0
+    assert json.loads((run / "calibration.json").read_text()) == before
+    assert any("no temperature fitted" in r.getMessage() and "earlier temperature" in r.getMessage()
+               for r in caplog.records)

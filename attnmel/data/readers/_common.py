@@ -18,7 +18,7 @@ from attnmel.errors import AttnMelError, file_error
 
 log = logging.getLogger("attnmel.data")
 
-IMAGE_EXTS = (".jpg", ".jpeg", ".png")
+IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".bmp")
 # Files that sit beside the images in the official folders but are not images of the split.
 _NOT_AN_IMAGE = re.compile(r"_(superpixels|segmentation|features)$", re.IGNORECASE)
 
@@ -28,6 +28,10 @@ NO_LABEL = "image without label"
 UNREADABLE = "unreadable"
 
 BINARY_CLASSES = ["other", "melanoma"]
+# The seven HAM10000 / ISIC 2018 Task 3 diagnoses, in the order of the official one-hot columns.
+CLASSES_7 = ["MEL", "NV", "BCC", "AKIEC", "BKL", "DF", "VASC"]
+# The folder tag of each split in the ISIC challenge layouts (ISIC 2017 tests also as Test_v2).
+SPLIT_TAGS = {"train": "Training", "val": "Validation", "test": "Test"}
 
 
 def check_root(root: str | Path) -> Path:
@@ -128,6 +132,17 @@ def list_suffixed(folder: Path | None, suffix: str, ext: str) -> dict[str, Path]
     return out
 
 
+def match_id(stem: str, ids: set[str]) -> str | None:
+    """The id a file ``<id>`` or ``<id>_<suffix>`` belongs to (the longest id that fits), or None."""
+    if stem in ids:
+        return stem
+    cut = len(stem)
+    while (cut := stem.rfind("_", 0, cut)) > 0:
+        if stem[:cut] in ids:
+            return stem[:cut]
+    return None
+
+
 @dataclass
 class CsvTable:
     """Rows of a CSV as dicts, with the 1-based line number of each row for error messages."""
@@ -217,6 +232,7 @@ def binary_value(path: Path, lineno: int, column: str, value: str) -> int:
 
 
 def check_num_classes(dataset: str, num_classes: int, allowed: tuple[int, ...]) -> None:
+    """One line when ``num_classes`` is not a count ``dataset`` supports (its registered ``num_classes``)."""
     if num_classes not in allowed:
         raise AttnMelError(f"{dataset}: num_classes {num_classes} is not available "
                            f"(choose {' or '.join(map(str, allowed))})")

@@ -16,8 +16,8 @@ from pathlib import Path
 
 from attnmel.data.readers._common import (
     BINARY_CLASSES,
+    CLASSES_7,
     assemble,
-    check_num_classes,
     check_root,
     describe,
     find_dir,
@@ -27,21 +27,21 @@ from attnmel.data.readers._common import (
     read_table,
     unique_ids,
 )
+from attnmel.data.readers.registry import register_dataset
 from attnmel.data.readers.splits import check_fractions, grouped_split
 from attnmel.data.samples import DatasetIndex
 from attnmel.errors import file_error
 
-CLASSES_7 = ["MEL", "NV", "BCC", "AKIEC", "BKL", "DF", "VASC"]
 METADATA_NAMES = ("HAM10000_metadata.csv", "HAM10000_metadata", "HAM10000_metadata.tab", "HAM10000_metadata.txt")
 IMAGE_DIRS = ("HAM10000_images_part_1", "HAM10000_images_part_2", "HAM10000_images", "images",
               "ISIC2018_Task3_Training_Input")
 MASK_DIRS = ("HAM10000_segmentations_lesion_tschandl", "HAM10000_segmentations")
 
 
+@register_dataset("ham10000", num_classes=(2, 7), options=("val_fraction", "test_fraction", "seed", "cache_dir"))
 def read(root: str | Path, split: str, num_classes: int = 2, val_fraction: float = 0.2,
          test_fraction: float = 0.2, seed: int = 0, cache_dir: str | Path | None = None) -> DatasetIndex:
     """Index one split; the split is drawn by lesion the first time and read back from disk after."""
-    check_num_classes("ham10000", num_classes, (2, 7))
     fractions = check_fractions(val_fraction, test_fraction)
     root = check_root(root)
     meta = find_file(root, METADATA_NAMES)

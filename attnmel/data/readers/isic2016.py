@@ -18,7 +18,6 @@ from pathlib import Path
 from attnmel.data.readers._common import (
     BINARY_CLASSES,
     assemble,
-    check_num_classes,
     check_root,
     find_dir,
     find_file,
@@ -29,6 +28,7 @@ from attnmel.data.readers._common import (
     read_rows,
     unique_ids,
 )
+from attnmel.data.readers.registry import register_dataset
 from attnmel.data.readers.splits import check_fraction, persisted_split, split_file_name, stratified_assign
 from attnmel.data.samples import DatasetIndex
 from attnmel.errors import file_error
@@ -37,6 +37,7 @@ _WORDS = {"benign": 0, "malignant": 1}
 SPLIT_DEFAULTS = {"val_fraction": 0.2, "seed": 0}
 
 
+@register_dataset("isic2016", num_classes=(2,), options=("val_fraction", "seed", "cache_dir", "labels_optional"))
 def read(root: str | Path, split: str, num_classes: int = 2, val_fraction: float = 0.2, seed: int = 0,
          cache_dir: str | Path | None = None, labels_optional: bool = False) -> DatasetIndex:
     """Index one split; ``val`` and ``train`` share the training folder, divided by the persisted split.
@@ -44,7 +45,6 @@ def read(root: str | Path, split: str, num_classes: int = 2, val_fraction: float
     ``labels_optional``: without the Part 3 CSV (a Part 1-only download, for segmentation) every image gets
     label 0 instead of an error.
     """
-    check_num_classes("isic2016", num_classes, (2,))
     val_fraction = check_fraction("val_fraction", val_fraction)
     root = check_root(root)
     part = "Training" if split in ("train", "val") else "Test"

@@ -16,9 +16,9 @@ from pathlib import Path
 
 from attnmel.data.readers._common import (
     BINARY_CLASSES,
+    SPLIT_TAGS,
     assemble,
     binary_value,
-    check_num_classes,
     check_root,
     find_dir,
     find_file,
@@ -29,13 +29,16 @@ from attnmel.data.readers._common import (
     read_table,
     unique_ids,
 )
+from attnmel.data.readers.registry import register_dataset
 from attnmel.data.samples import DatasetIndex
 from attnmel.errors import file_error
 
-SPLIT_TAGS = {"train": ("Training",), "val": ("Validation",), "test": ("Test_v2", "Test")}
+# Folder tags per split: the official ones, the test set also as Test_v2 (its second release).
+ISIC2017_TAGS = {**{s: (t,) for s, t in SPLIT_TAGS.items()}, "test": ("Test_v2", "Test")}
 CLASSES_3 = ["nevus", "melanoma", "seborrheic_keratosis"]
 
 
+@register_dataset("isic2017", num_classes=(2, 3), options=("labels_optional",))
 def read(root: str | Path, split: str, num_classes: int = 2, dataset: str = "isic2017",
          labels_optional: bool = False, split_tags: dict[str, tuple[str, ...]] | None = None) -> DatasetIndex:
     """Index one split of an ISIC 2017 download (no decoding).
@@ -44,9 +47,8 @@ def read(root: str | Path, split: str, num_classes: int = 2, dataset: str = "isi
     label 0 instead of an error. ``split_tags``: folder tags of splits beyond train/val/test (the synthetic
     set's extra test conditions).
     """
-    check_num_classes(dataset, num_classes, (2, 3))
     root = check_root(root)
-    tags = {**SPLIT_TAGS, **(split_tags or {})}[split]
+    tags = {**ISIC2017_TAGS, **(split_tags or {})}[split]
     data_dir = find_dir(root, [f"ISIC-2017_{t}_Data" for t in tags])
     if data_dir is None:
         raise missing_folder(root, f"ISIC-2017_{tags[0]}_Data", split, "ISIC-2017_", "ISIC 2017")

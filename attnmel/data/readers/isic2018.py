@@ -16,25 +16,25 @@ from pathlib import Path
 from attnmel.data.readers._common import (
     BINARY_CLASSES,
     NO_LABEL,
-    check_num_classes,
+    SPLIT_TAGS,
     check_root,
     find_dir,
     list_images,
     list_suffixed,
     missing_folder,
 )
+from attnmel.data.readers.registry import register_dataset
 from attnmel.data.samples import DatasetIndex, Sample
 from attnmel.errors import file_error
 
 log = logging.getLogger("attnmel.data")
 
-SPLIT_TAGS = {"train": "Training", "val": "Validation", "test": "Test"}
 
 
+@register_dataset("isic2018_task1", num_classes=(2, 1), segmentation_only=True)
 def read(root: str | Path, split: str, num_classes: int = 2) -> DatasetIndex:
     """Index one split; samples are the images that have a ground-truth mask."""
     # No class labels: num_classes only has to be one a classifier head could be built with.
-    check_num_classes("isic2018_task1", num_classes, (1, 2))
     root = check_root(root)
     tag = SPLIT_TAGS[split]
     data_dir = find_dir(root, [f"ISIC2018_Task1-2_{tag}_Input"])

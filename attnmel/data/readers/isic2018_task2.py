@@ -21,13 +21,14 @@ from pathlib import Path
 from attnmel.data.readers._common import (
     BINARY_CLASSES,
     NO_LABEL,
-    check_num_classes,
+    SPLIT_TAGS,
     check_root,
     find_dir,
     list_images,
     list_suffixed,
     missing_folder,
 )
+from attnmel.data.readers.registry import register_dataset
 from attnmel.data.samples import DatasetIndex, Sample
 from attnmel.errors import file_error
 
@@ -35,7 +36,6 @@ log = logging.getLogger("attnmel.data")
 
 # The official order (alphabetical, as the challenge scorer sorts them).
 ATTRIBUTES = ("globules", "milia_like_cyst", "negative_network", "pigment_network", "streaks")
-SPLIT_TAGS = {"train": "Training", "val": "Validation", "test": "Test"}
 _ATTRIBUTE_FILE = re.compile(r"^(?P<id>.+?)_attribute_(?P<name>.+)\.png$", re.IGNORECASE)
 
 
@@ -69,9 +69,9 @@ def list_attribute_masks(folder: Path) -> dict[str, dict[str, Path]]:
     return out
 
 
+@register_dataset("isic2018_task2", num_classes=(2, 1), segmentation_only=True, attributes=True)
 def read(root: str | Path, split: str, num_classes: int = 2, dataset: str = "isic2018_task2") -> DatasetIndex:
     """Index one split; samples are the images that have all five attribute masks."""
-    check_num_classes(dataset, num_classes, (1, 2))
     root = check_root(root)
     tag = SPLIT_TAGS[split]
     data_dir = find_dir(root, [f"ISIC2018_Task1-2_{tag}_Input"])

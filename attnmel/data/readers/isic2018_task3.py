@@ -16,8 +16,9 @@ from pathlib import Path
 
 from attnmel.data.readers._common import (
     BINARY_CLASSES,
+    CLASSES_7,
+    SPLIT_TAGS,
     assemble,
-    check_num_classes,
     check_root,
     find_dir,
     find_file,
@@ -26,11 +27,10 @@ from attnmel.data.readers._common import (
     read_table,
     unique_ids,
 )
+from attnmel.data.readers.registry import register_dataset
 from attnmel.data.samples import DatasetIndex
 from attnmel.errors import file_error
 
-CLASSES_7 = ["MEL", "NV", "BCC", "AKIEC", "BKL", "DF", "VASC"]
-SPLIT_TAGS = {"train": "Training", "val": "Validation", "test": "Test"}
 HAM_DIRS = ("HAM10000_images_part_1", "HAM10000_images_part_2")
 
 
@@ -43,9 +43,9 @@ def find_label_csv(root: Path, stem: str) -> Path | None:
     return found
 
 
+@register_dataset("isic2018_task3", num_classes=(2, 7))
 def read(root: str | Path, split: str, num_classes: int = 2) -> DatasetIndex:
     """Index one official split."""
-    check_num_classes("isic2018_task3", num_classes, (2, 7))
     root = check_root(root)
     tag = SPLIT_TAGS[split]
     dirs = [find_dir(root, [f"ISIC2018_Task3_{tag}_Input"])]

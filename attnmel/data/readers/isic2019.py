@@ -21,7 +21,6 @@ from pathlib import Path
 from attnmel.data.readers._common import (
     BINARY_CLASSES,
     assemble,
-    check_num_classes,
     check_root,
     describe,
     find_dir,
@@ -31,6 +30,7 @@ from attnmel.data.readers._common import (
     unique_ids,
 )
 from attnmel.data.readers.isic2018_task3 import read_onehot
+from attnmel.data.readers.registry import register_dataset
 from attnmel.data.readers.splits import check_fractions, grouped_split
 from attnmel.data.samples import DatasetIndex
 from attnmel.errors import file_error
@@ -42,11 +42,12 @@ GT_NAME = "ISIC_2019_Training_GroundTruth.csv"
 META_NAME = "ISIC_2019_Training_Metadata.csv"
 
 
+@register_dataset("isic2019", num_classes=(2, 8),
+                  options=("val_fraction", "test_fraction", "seed", "split_file", "cache_dir"))
 def read(root: str | Path, split: str, num_classes: int = 2, val_fraction: float = 0.2,
          test_fraction: float = 0.2, seed: int = 0, cache_dir: str | Path | None = None,
          split_file: str | Path | None = None) -> DatasetIndex:
     """Index one drawn split (train / val / test) of the ISIC 2019 training set."""
-    check_num_classes("isic2019", num_classes, (2, 8))
     fractions = check_fractions(val_fraction, test_fraction)
     root = check_root(root)
     gt = find_file(root, [GT_NAME])

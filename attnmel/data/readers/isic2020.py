@@ -20,7 +20,6 @@ from attnmel.data.readers._common import (
     BINARY_CLASSES,
     assemble,
     binary_value,
-    check_num_classes,
     check_root,
     describe,
     find_dir,
@@ -29,6 +28,7 @@ from attnmel.data.readers._common import (
     read_table,
     unique_ids,
 )
+from attnmel.data.readers.registry import register_dataset
 from attnmel.data.readers.splits import check_fractions, grouped_split
 from attnmel.data.samples import DatasetIndex
 from attnmel.errors import file_error
@@ -47,11 +47,12 @@ def _image_dir(root: Path) -> Path | None:
     return None
 
 
+@register_dataset("isic2020", num_classes=(2,),
+                  options=("val_fraction", "test_fraction", "seed", "split_file", "cache_dir"))
 def read(root: str | Path, split: str, num_classes: int = 2, val_fraction: float = 0.2,
          test_fraction: float = 0.2, seed: int = 0, cache_dir: str | Path | None = None,
          split_file: str | Path | None = None) -> DatasetIndex:
     """Index one drawn split (train / val / test) of the ISIC 2020 training set."""
-    check_num_classes("isic2020", num_classes, (2,))
     fractions = check_fractions(val_fraction, test_fraction)
     root = check_root(root)
     gt = find_file(root, CSV_NAMES)

@@ -8,7 +8,7 @@ so every run on the same data shares one split, another fraction or seed gives (
 new labels file draws anew. A user may edit the file (``attnmel data check`` prints where it is). The dataset root
 is never written, whatever its permissions (it is often shared); a split file an older version wrote there is
 still read. ``data.split_file`` (a user's own file) replaces the draw. Training copies the split it used into the
-run folder (:data:`attnmel.data.samples.RUN_SPLIT_FILE`).
+run folder (``RunDir.split_file``).
 
 :func:`persisted_split` is the one place a drawn split is stored and read back; every reader with a drawn split
 calls it (directly, or through :func:`grouped_split`).

@@ -39,8 +39,8 @@ def _assert_masks_paired(index) -> None:
 # -- registry ----------------------------------------------------------------------------------
 
 def test_registry_names_and_unknown_dataset(tmp_path):
-    assert DATASETS == ("synthetic", "isic2017", "isic2016", "ham10000", "isic2018_task1", "isic2018_task2",
-                        "isic2018_task3", "isic2019", "isic2020", "synthetic_attributes")
+    assert set(DATASETS) == {"synthetic", "isic2017", "isic2016", "ham10000", "isic2018_task1", "isic2018_task2",
+                             "isic2018_task3", "isic2019", "isic2020", "synthetic_attributes", "folder"}
     with pytest.raises(AttnMelError) as e:
         read_split("isic2021", tmp_path, "train")
     assert "isic2017" in str(e.value) and "ham10000" in str(e.value)
@@ -461,3 +461,24 @@ def test_part1_only_download_reads_for_segmentation(request, dataset, builder, c
     assert [s.image_id for s in index.samples] == [s.image_id for s in with_labels.samples]
     assert [s.mask for s in index.samples] == [s.mask for s in with_labels.samples]
     assert set(index.labels()) == {0}
+
+
+def test_an_option_that_does_not_apply_is_refused_by_name(tmp_path):
+    # data.split_file exists for isic2019/isic2020 only: on HAM10000 it used to vanish silently.
+    with pytest.raises(AttnMelError) as e:
+        read_split("ham10000", tmp_path, "train", split_file=tmp_path / "s.csv")
+    assert "data.split_file does not apply to dataset ham10000" in str(e.value)
+    assert len(str(e.value).splitlines()) == 1
+    with pytest.raises(AttnMelError, match="data.val_fraction does not apply to dataset isic2017"):
+        read_split("isic2017", tmp_path, "train", val_fraction=0.3)
+
+
+def test_the_config_passes_only_the_options_a_user_set():
+    from attnmel.config import defaults
+    from attnmel.data.readers import options_from_config
+
+    d = defaults()["data"]
+    assert options_from_config("isic2017", d, d) == {}  # val_fraction at its default: not passed
+    assert options_from_config("isic2016", d, d) == {"val_fraction": 0.2}
+    assert options_from_config("ham10000", {**d, "split_file": "s.csv"}, d) == {"val_fraction": 0.2,
+                                                                                  "split_file": "s.csv"}
