@@ -60,6 +60,7 @@ def make_untrained_run(run_dir: Path, data_root: Path, *, image_size: int = IMAG
         f"data.cache_dir={cache_dir or Path('.cache/attnmel')}", f"model.name={model}", "model.pretrained=none",
         f"model.width={width}", *overrides])
     dm = AttnMelDataModule(cfg, progress=False)
+    dm.prepare_data()  # a configured synthetic set is made here, as training makes it (a run's readers never do)
     torch.manual_seed(int(cfg["seed"]))
     module = ClassificationModule(cfg, dm.class_names, dm.melanoma_index)
     ckpt = {"state_dict": module.state_dict(), "epoch": 0, "global_step": 0}
