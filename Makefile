@@ -34,8 +34,8 @@ test: install
 # The precision-sensitive tests (marker `precision`) as a CPU without bf16 runs them, then as one with bf16 units
 # (emulated, so slower, where the CPU has none): `make test` covers only the kind of CPU it runs on.
 test-precision: install
-	ATTNMEL_BF16=off $(BIN)/python -m pytest -m "precision and not slow" -q -n 0 $(ARGS)
-	ATTNMEL_BF16=on $(BIN)/python -m pytest -m "precision and not slow" -q -n 0 $(ARGS)
+	ATTNMEL_BF16=off $(BIN)/python -m pytest -m "precision and not slow" -q -n $(TEST_WORKERS) --dist loadfile $(ARGS)
+	ATTNMEL_BF16=on $(BIN)/python -m pytest -m "precision and not slow" -q -n $(TEST_WORKERS) --dist loadfile $(ARGS)
 
 test-slow: install
 	$(BIN)/python -m pytest -m "slow and not slurm" -q $(ARGS)
