@@ -11,7 +11,7 @@ ARGS ?=
 
 ROOT_ARG := $(if $(ROOT),data.root=$(ROOT),)
 
-.PHONY: install lint test test-slow test-browser test-slurm demo train evaluate report sweep bench bench-gpu clean
+.PHONY: install lint test test-precision test-slow test-browser test-slurm demo train evaluate report sweep bench bench-gpu clean
 
 install: $(STAMP)
 
@@ -30,6 +30,12 @@ lint: install
 TEST_WORKERS ?= auto
 test: install
 	$(BIN)/python -m pytest -m "not slow and not browser and not slurm" -q -n $(TEST_WORKERS) --dist loadfile $(ARGS)
+
+# The precision-sensitive tests (marker `precision`) as a CPU without bf16 runs them, then as one with bf16 units
+# (emulated, so slower, where the CPU has none): `make test` covers only the kind of CPU it runs on.
+test-precision: install
+	ATTNMEL_BF16=off $(BIN)/python -m pytest -m "precision and not slow" -q -n $(TEST_WORKERS) --dist loadfile $(ARGS)
+	ATTNMEL_BF16=on $(BIN)/python -m pytest -m "precision and not slow" -q -n $(TEST_WORKERS) --dist loadfile $(ARGS)
 
 test-slow: install
 	$(BIN)/python -m pytest -m "slow and not slurm" -q $(ARGS)

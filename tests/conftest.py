@@ -26,6 +26,26 @@ def pytest_configure(config: pytest.Config) -> None:
         torch.set_num_threads(1)
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _session_split_store(tmp_path_factory):
+    """Drawn splits of readers called without a cache_dir go to a temporary folder, not to ./.cache of the
+    checkout the tests run from (module fixtures share this one)."""
+    old = os.environ.get("ATTNMEL_CACHE_DIR")
+    os.environ["ATTNMEL_CACHE_DIR"] = str(tmp_path_factory.mktemp("attnmel-cache"))
+    yield
+    if old is None:
+        os.environ.pop("ATTNMEL_CACHE_DIR", None)
+    else:
+        os.environ["ATTNMEL_CACHE_DIR"] = old
+
+
+@pytest.fixture(autouse=True)
+def _split_store(_session_split_store, tmp_path_factory, monkeypatch):
+    """One split store per test: the store is keyed by the labels' content, and the tree builders make the same
+    labels every time, so a split drawn (or edited) by one test would otherwise be another's."""
+    monkeypatch.setenv("ATTNMEL_CACHE_DIR", str(tmp_path_factory.mktemp("attnmel-cache")))
+
+
 SPLIT_2017 = {"train": "Training", "val": "Validation", "test": "Test_v2"}
 
 

@@ -9,8 +9,11 @@ Task 2,
 ``data.cache_dir`` that later runs open with ``mmap_mode="r"``.
 
 The folder name carries a hash of the dataset, split, base spec and every source file's path, size and
-mtime: editing, replacing or touching any image or mask gives a new key, so the old cache is never used
-again (and is deleted once its replacement is complete). Builds go to a hidden temporary folder that is
+mtime, and every open stats every source again (a stat per file is cheap next to a decode): a deleted source is
+a one-line error naming it, and editing, replacing, truncating or touching any image or mask gives a new key, so
+the old cache is never used again: the cache is rebuilt with a warning naming the first changed file (the old
+folder's ``meta.json`` records each source's size and mtime), and the old one is deleted once its replacement is
+complete. Builds go to a hidden temporary folder that is
 renamed into place only when complete, under a file lock (``filelock``), so a crash or a concurrent run
 never leaves a half-written cache that is later trusted. The files' blocks are reserved before the build
 (``posix_fallocate``), so a full disk is a one-line error naming the folder, not a SIGBUS.
@@ -257,7 +260,8 @@ def _stat(path: Path) -> list:
 
 def cache_keys(dataset: str, split: str, sources: Sequence[SourceFiles], spec: BaseSpec) -> tuple[str, str]:
     """(identity, key): ``identity`` hashes what the cache is *of* (dataset, split, spec, file paths);
-    ``key`` adds every file's size and mtime, so any change to a source file changes it."""
+    ``key`` adds every file's size and mtime, so any change to a source file changes it (a missing file is a
+    one-line error naming it)."""
     head = {"v": CACHE_VERSION, "dataset": dataset, "split": split, "spec": spec.as_dict()}
     ident_items, key_items = [], []
     for s in sources:
@@ -486,6 +490,7 @@ def ensure_cache(dataset: str, split: str, sources: Sequence[SourceFiles], spec:
         found = _open_valid(final, key)  # another process may have finished it while we waited
         if found is not None:
             return found
+        _warn_changed(cache_dir, family, final)
         _remove_abandoned(cache_dir, family)
         if final.exists():  # incomplete or corrupt, e.g. written by hand or by an older layout
             shutil.rmtree(final, ignore_errors=True)
@@ -501,6 +506,24 @@ def ensure_cache(dataset: str, split: str, sources: Sequence[SourceFiles], spec:
             if old != final and old.is_dir():
                 shutil.rmtree(old, ignore_errors=True)
     return PreprocessCache(final, meta, built=True)
+
+
+def _warn_changed(cache_dir: Path, family: str, final: Path) -> None:
+    """One warning naming the first source file whose size or mtime differs from what an older cache of the
+    same files recorded (the cache is then rebuilt from the files as they are now)."""
+    for old in sorted(cache_dir.glob(f"{family}*")):
+        if old == final or not old.is_dir():
+            continue
+        try:
+            recorded = json.loads((old / "meta.json").read_text(encoding="utf-8")).get("sources") or []
+        except (OSError, ValueError):
+            continue
+        for path, size, mtime in recorded:
+            st = os.stat(path)  # every source exists: cache_keys has just stat-ed them all
+            if (st.st_size, st.st_mtime_ns) != (size, mtime):
+                what = f"size {size} -> {st.st_size} bytes" if st.st_size != size else "modified"
+                log.warning("%s: changed since the cache was built (%s); rebuilding the cache", path, what)
+                return
 
 
 def _build(tmp: Path, dataset: str, split: str, sources: list[SourceFiles], spec: BaseSpec, key: str,
@@ -547,6 +570,7 @@ def _build(tmp: Path, dataset: str, split: str, sources: list[SourceFiles], spec
     meta = {"version": CACHE_VERSION, "key": key, "dataset": dataset, "split": split, "n": n, "resize": R,
             "spec": spec.as_dict(), "ids": [s.image_id for s in sources], "has_mask": has_mask,
             "has_dermo": has_dermo, "has_artefact": has_artefact, "has_attributes": has_attributes,
+            "sources": [[str(p.resolve()), *_stat(p)] for s in sources for p in s.files()],
             "build_seconds": round(time.perf_counter() - t0, 3), "complete": True}
     # meta.json last: a folder without it is never trusted (see _open_valid).
     (tmp / "meta.json").write_text(json.dumps(meta), encoding="utf-8")

@@ -35,6 +35,7 @@ class SplitCheck:
     low_masks: list[str] = field(default_factory=list)  # no value above 128: read as empty
     small_images: list[str] = field(default_factory=list)  # short side under SMALL_SIDE px
     attributes: dict[str, int] = field(default_factory=dict)  # ISIC 2018 Task 2: images with each attribute
+    split_file: Path | None = None  # where a drawn (or user-given) split is stored
     # data.artefact_flags / data.artefact_masks: per class, images the flags cover, carrying each artefact,
     # and with an artefact mask (attnmel.data.artefacts.counts_by)
     artefacts: dict[str, dict[str, int]] = field(default_factory=dict)
@@ -100,6 +101,7 @@ def check_split(dataset: str, root: Path, split: str, num_classes: int, **opts: 
         out.error = f"{split}: {e}"
         return out
     out.class_names = list(index.class_names)
+    out.split_file = index.split_file
     for key, reason in index.skipped:
         if reason.startswith(NO_IMAGE):
             out.labels_without_images.append(key)
@@ -231,6 +233,10 @@ def render_check(result: CheckResult, console: Any = None) -> None:
             table.add_row(escape(s.split), escape(c) if labelled else "", str(n), str(m), str(d))
         table.add_section()
     console.print(table)
+    for path in dict.fromkeys(s.split_file for s in result.splits if s.split_file is not None):
+        names = "/".join(s.split for s in result.splits if s.split_file == path)
+        say(f"{names}: split stored in {path} (not in the dataset folder; edit it to change the split, or give "
+            f"data.split_file)")
     render_artefacts(result, console)
     for s in result.splits:
         if s.error:

@@ -234,10 +234,13 @@ class AttnMelDataModule(pl.LightningDataModule):
     (an attention regulariser reads them); None derives them from ``loss.regulariser``. With
     ``task: segmentation`` every split needs lesion masks. ``indexes`` injects ready-made
     :class:`DatasetIndex` objects by split (tests, callers that filtered a split) instead of the readers.
+    ``generate``: make a configured synthetic set that is missing (training); the commands that read a trained
+    run pass False, so that a deleted dataset folder is a one-line error rather than a new set scored silently.
     """
 
     def __init__(self, cfg: Mapping[str, Any], need_masks: bool | None = None, need_dermo: bool | None = None,
-                 indexes: Mapping[str, DatasetIndex] | None = None, progress: bool = True) -> None:
+                 indexes: Mapping[str, DatasetIndex] | None = None, progress: bool = True,
+                 generate: bool = True) -> None:
         super().__init__()
         self.cfg = cfg
         self.data_cfg: Mapping[str, Any] = cfg["data"]
@@ -245,6 +248,7 @@ class AttnMelDataModule(pl.LightningDataModule):
         self.root = Path(self.data_cfg["root"])
         self.seed = int(cfg.get("seed", 0) or 0)
         self.progress = progress
+        self.generate = generate
         self.regulariser = (cfg.get("loss") or {}).get("regulariser") or "none"
         key = needs_masks(self.regulariser)  # the mask the regulariser class declares
         self.need_masks = key == "mask" if need_masks is None else bool(need_masks)
@@ -271,7 +275,8 @@ class AttnMelDataModule(pl.LightningDataModule):
         self._ensure_synthetic()
 
     def _ensure_synthetic(self) -> None:
-        if self.dataset_name not in ("synthetic", "synthetic_attributes") or self.root.exists() or self._indexes:
+        if (self.dataset_name not in ("synthetic", "synthetic_attributes") or self.root.exists() or self._indexes
+                or not self.generate):
             return
         syn = self.data_cfg.get("synthetic") or {}
         if self.dataset_name == "synthetic_attributes":

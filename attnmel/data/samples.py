@@ -39,6 +39,8 @@ class DatasetIndex:
     samples: list[Sample]
     class_names: list[str]
     skipped: list[tuple[str, str]] = field(default_factory=list)  # (file or id, reason)
+    # Where the split's assignment is stored, for a split the dataset does not ship (drawn or data.split_file).
+    split_file: Path | None = None
 
     @property
     def melanoma_index(self) -> int:

@@ -36,7 +36,7 @@ from attnmel.errors import AttnMelError, file_error, missing_masks
 from attnmel.explain.attributions import DEFAULT_TARGET
 from attnmel.explain.methods import method_label, short_label
 from attnmel.explain.overlay import DEFAULT_OVERLAY_SIDE
-from attnmel.io import atomic_dir, write_text
+from attnmel.io import atomic_dir, atomic_path, write_text
 from attnmel.report.calibration import reported_probs
 from attnmel.report.real_artefacts import real_artefact_section
 from attnmel.report.render import template_env
@@ -143,6 +143,7 @@ class Collected:
     lesion_share: list[float] = field(default_factory=list)  # the lesion's share of the network's view
     per_image: list[dict[str, Any]] = field(default_factory=list)  # attention_quality rows
     by_case: dict[tuple[str, int], dict[str, Any]] = field(default_factory=dict)  # (method, position) -> row
+    ig_completeness: list[float] = field(default_factory=list)  # per image, with --ig
     timings: dict[str, float] = field(default_factory=lambda: {"data": 0.0, "inference": 0.0,
                                                                "attributions": 0.0, "scoring": 0.0})
 
@@ -180,6 +181,8 @@ def collect(inp: Inputs, integrated_gradients: bool, target: str | int = DEFAULT
         t["scoring"] += time.perf_counter() - t0
         c.ids += ids  # _score_batch indexes the images from len(c.ids): after it
         c.maps += [{k: v[i] for k, v in maps.items()} for i in range(len(ids))]
+        if ex.ig_completeness is not None:
+            c.ig_completeness += ex.ig_completeness.tolist()
         return ex
 
     scored = score_loader(run, inp.dm.loader(inp.used), forward)
@@ -401,7 +404,7 @@ def attention_section(inp: Inputs, c: Collected, s: Scores, gallery: Gallery, ta
     n = len(c.ids)
     if not inp.has_masks:
         return {"available": False, "split": inp.split, "n_images": n, "limit": inp.limit,
-                "reason": _no_mask_reason(inp), "mean": {}, "per_image": []}
+                "reason": _no_mask_reason(inp), "mean": {}, "per_image": [], **_ig_completeness(c)}
     attention: dict[str, Any] = {
         "available": True, "split": inp.split, "n_images": n, "limit": inp.limit, "target": target,
         "threshold": 0.5, "thresholds": list(CURVE_THRESHOLDS), "order_rule": ORDER_RULE,
@@ -412,7 +415,22 @@ def attention_section(inp: Inputs, c: Collected, s: Scores, gallery: Gallery, ta
     }
     if _masks_note(inp):
         attention["masks_note"] = _masks_note(inp)
+    attention.update(_ig_completeness(c))
     return attention
+
+
+def _ig_completeness(c: Collected) -> dict[str, Any]:
+    """IG's completeness error over the split (``--ig``): its median and the share of images within 5 %."""
+    if not c.ig_completeness:
+        return {}
+    from attnmel.explain.attributions import IGSettings, ig_autocast
+
+    err = np.asarray(c.ig_completeness)
+    s = IGSettings()
+    bf16 = ig_autocast(s.precision, torch.device("cpu"))
+    return {"ig_completeness": {"median": round(float(np.median(err)), 4),
+                                "share_within_5_percent": round(float((err <= 0.05).mean()), 3),
+                                "n_steps": s.n_steps, "precision": "bf16" if bf16 else "fp32"}}
 
 
 def _masks_note(inp: Inputs) -> str:
@@ -579,7 +597,9 @@ def build_report(run_dir: str | Path, split: str = "test", integrated_gradients:
                                               nums.timings)
     folder = RunDir(inp.run_dir)
     report_dir = folder.report_dir_for(inp.view.tag)
-    with atomic_dir(report_dir) as out_dir:  # the previous report stays whole until this block has finished
+    # Every file of the new report, metrics.json's update included, is written beside the old ones and swapped in
+    # when all are complete (the folder, then metrics.json): a report killed half-way leaves both as they were.
+    with atomic_path(folder.metrics_file) as metrics_tmp, atomic_dir(report_dir) as out_dir:
         checks = run_checks(inp, c, s, out_dir / "figures", integrated_gradients, checks_options)
         attention.update(checks.metrics)
         t0 = time.perf_counter()
@@ -601,10 +621,11 @@ def build_report(run_dir: str | Path, split: str = "test", integrated_gradients:
         ctx.update(calibration=calibration.ctx, provenance=run_provenance(inp, c), below_random=below_random(s))
         write_text(out_dir / folder.report_page.name, render_page(ctx))
         timings["render"] = time.perf_counter() - t0
+        timings["total"] = time.perf_counter() - t_start
+        _write_metrics(inp, s, attention, report_dir / folder.report_page.name, integrated_gradients, timings,
+                       {"calibration": calibration.metrics,
+                        "geometry": {k: ctx["provenance"][k] for k in GEOMETRY_KEYS}}, out=metrics_tmp)
     path = report_dir / folder.report_page.name
-    timings["total"] = time.perf_counter() - t_start
-    _write_metrics(inp, s, attention, path, integrated_gradients, timings,
-                   {"calibration": calibration.metrics, "geometry": {k: ctx["provenance"][k] for k in GEOMETRY_KEYS}})
     if reports_root is not None:
         _rebuild_index(Path(reports_root), inp.run_dir, runs_roots)
     return path
@@ -658,17 +679,16 @@ def run_provenance(inp: Inputs, c: Collected) -> dict[str, Any]:
 
 
 def _write_metrics(inp: Inputs, s: Scores, attention: dict[str, Any], path: Path, integrated_gradients: bool,
-                   timings: dict[str, float], report_extra: dict[str, Any] | None = None) -> None:
+                   timings: dict[str, float], report_extra: dict[str, Any] | None = None, *, out: Path) -> None:
+    """The run's metrics.json with this report's sections, written to ``out`` (swapped in by the caller)."""
+    from attnmel.io import write_json
     from attnmel.train.rundir import RunDir
 
     suffix = inp.suffix
-    RunDir(inp.run_dir).update_metrics({f"attention{suffix}": attention,
-                                 f"report{suffix}": {"path": _rel(path, inp.run_dir), "n_images": len(s.labels),
-                                                     "integrated_gradients": integrated_gradients,
-                                                     "classification": {k: s.cls.get(k) for k in
-                                                                        ("auc", "average_precision", "n_images")},
-                                                     "timings_s": {k: round(v, 3) for k, v in timings.items()},
-                                                     **(report_extra or {})}})
+    report = {"path": _rel(path, inp.run_dir), "n_images": len(s.labels), "integrated_gradients": integrated_gradients,
+              "classification": {k: s.cls.get(k) for k in ("auc", "average_precision", "n_images")},
+              "timings_s": {k: round(v, 3) for k, v in timings.items()}, **(report_extra or {})}
+    write_json(out, RunDir(inp.run_dir).merged_metrics({f"attention{suffix}": attention, f"report{suffix}": report}))
 
 
 def _rebuild_index(reports_root: Path, run_dir: Path, runs_roots: Sequence[Path]) -> None:

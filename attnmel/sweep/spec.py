@@ -39,7 +39,7 @@ from pathlib import Path
 from typing import Any, Iterable
 
 from attnmel import config as config_mod
-from attnmel.errors import file_error
+from attnmel.errors import AttnMelError, file_error
 from attnmel.train.rundir import run_dir_of
 
 TOP_KEYS = ("name", "description", "base", "default_dataset", "overrides", "seeds", "jobs", "datasets", "baseline",
@@ -270,18 +270,46 @@ def _paper_numbers(path: Path, raw: dict[str, Any], dataset: str) -> dict[str, A
 
 
 def plan_runs(spec: SweepSpec, out_root: str | Path = "sweeps", overrides: Iterable[str] = ()) -> list[RunPlan]:
-    """Resolve every arm x seed into a validated config (runs ordered arm by arm, seeds inside)."""
+    """Resolve every arm x seed into a validated config (runs ordered arm by arm, seeds inside).
+
+    Every arm is checked before any run is planned (each value's type and range, and the names the registries
+    know: model, loss, regulariser, optimiser), and all bad arms are reported at once, one line each naming the
+    sweep file, the arm and the key: a sweep with a bad arm trains nothing."""
     sweep_dir = Path(out_root) / spec.folder_name
     overrides = list(overrides)
     plans: list[RunPlan] = []
+    bad: list[str] = []
     for arm in spec.arms:
         for seed in spec.seeds:
             extra = {"seed": seed, "out_dir": str(sweep_dir / arm.name), "name": f"seed{seed}"}
-            cfg = config_mod.load_config(spec.base, overrides, extra=arm.overrides)
+            try:
+                cfg = config_mod.load_config(spec.base, overrides, extra=arm.overrides)
+                check_names(cfg)
+            except AttnMelError as e:
+                message = str(e).removeprefix("config: ")
+                bad.append(f"{spec.path}: arms[{arm.name}]: {message}")
+                break  # the seeds share the arm's config: one line per arm
             # The sweep owns where a run goes and its seed; a command-line seed/name would collide runs.
             cfg.update(extra)
             plans.append(RunPlan(arm=arm.name, seed=seed, cfg=cfg))
+    if bad:
+        raise AttnMelError(f"{spec.path}: {len(bad)} bad arm(s), nothing trained:\n" + "\n".join(bad))
     return plans
+
+
+def check_names(cfg: dict[str, Any]) -> None:
+    """The names a config gives to the registries (``model.name``, ``loss.name``, ``loss.regulariser``,
+    ``optim.name``) are registered; else the registry's one-line error naming the key."""
+    from attnmel.losses.base import LOSSES
+    from attnmel.losses.regularisers import REGULARISERS
+    from attnmel.models.registry import MODELS
+    from attnmel.train.optim import OPTIMISERS
+
+    for registry, key in ((MODELS, "model.name"), (LOSSES, "loss.name"), (REGULARISERS, "loss.regulariser"),
+                          (OPTIMISERS, "optim.name")):
+        name = config_mod.get(cfg, key)
+        if name is not None:
+            registry.get(name)
 
 
 def sweep_dir_of(spec: SweepSpec, out_root: str | Path = "sweeps") -> Path:

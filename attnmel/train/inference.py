@@ -52,6 +52,7 @@ def resolve_precision(cfg: dict, device: torch.device | None = None) -> str:
 
     bf16 autocast with channels-last was the fastest setting of the model benchmark on a CPU with
     avx512_bf16 (about 2x fp32, same predicted classes); on a CPU without bf16 units it is emulated and slower.
+    ``ATTNMEL_BF16=off|on`` overrides the CPU's answer (:mod:`attnmel.models.precision`).
     ``device``: where the run computes (default: the device ``trainer.accelerator`` means).
     """
     p = str(cfg["trainer"]["precision"])
@@ -64,9 +65,9 @@ def resolve_precision(cfg: dict, device: torch.device | None = None) -> str:
         on_gpu = device.type == "cuda"
     if on_gpu:
         return "bf16-mixed" if torch.cuda.is_bf16_supported() else "16-mixed"
-    from attnmel.models.precision import cpu_has_bf16
+    from attnmel.models.precision import has_fast_bf16
 
-    return "bf16-mixed" if cpu_has_bf16() else "32-true"
+    return "bf16-mixed" if has_fast_bf16("cpu") else "32-true"
 
 
 def autocast_dtype(precision: str) -> torch.dtype | None:
@@ -93,7 +94,8 @@ class TrainedRun(LoadedRun):
         if self._dm is None:
             from attnmel.data.datamodule import AttnMelDataModule
 
-            self._dm = AttnMelDataModule(self.cfg, progress=False)
+            # A trained run's data is read, never made: a deleted synthetic set is an error, not a new set.
+            self._dm = AttnMelDataModule(self.cfg, progress=False, generate=False)
         return self._dm
 
     def autocast(self) -> AbstractContextManager:

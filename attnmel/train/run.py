@@ -272,6 +272,7 @@ def _train_locked(cfg: dict, run_dir: Path, resume: bool, evaluate_after: bool, 
     pl.seed_everything(int(cfg["seed"]), workers=True, verbose=False)
 
     module, dm = build_module_and_data(cfg)
+    RunDir(run_dir).record_split(dm.index("train").split_file)
     trainer = build_trainer(cfg, run_dir, resume_epoch=resume_epoch, callbacks_extra=callbacks)
     _fit(trainer, module, dm, last, run_dir)
     if not checkpoint_path(run_dir, BEST).is_file():

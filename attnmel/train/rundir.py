@@ -5,7 +5,9 @@ name (``tests/train/test_rundir.py`` greps the package). Layout: ``config.yaml``
 ``checkpoints/best.ckpt`` (best validation metric) and ``last.ckpt``, ``hpc_ckpt_<n>.ckpt`` (SLURM requeue),
 ``metrics.json``, ``predictions[_<split>].csv``, ``logs/`` (CSV + TensorBoard), ``report/index.html``,
 ``svm.npz`` (``model.svm``), ``masks/<dataset>/`` (a segmentation run's predicted masks), ``export/model.onnx`` +
-``export/model.json``, ``slurm/job.json`` (cluster jobs), ``error.txt`` (a sweep run's failure).
+``export/model.json``, ``slurm/job.json`` (cluster jobs), ``error.txt`` (a sweep run's failure),
+``data_split.csv`` (a copy of the drawn or user-given split the run trained on, for datasets without official
+splits).
 
 Which config a run uses (one rule for every command): the checkpoint's embedded config defines the run.
 ``config.yaml`` may be edited in the keys of :data:`attnmel.config.RESUME_MAY_CHANGE` only (data paths,
@@ -26,7 +28,7 @@ from typing import TYPE_CHECKING, Any, Iterable, Iterator
 
 from attnmel import config as config_mod
 from attnmel.errors import AttnMelError, file_error
-from attnmel.io import write_json
+from attnmel.io import write_json, write_text
 
 if TYPE_CHECKING:  # torch is imported where a checkpoint is read: metrics readers (report index) stay light
     from torch import nn
@@ -42,6 +44,7 @@ CALIBRATION_FILE = "calibration.json"  # temperature scaling (attnmel.train.cali
 ONNX_FILE, SIDECAR_FILE = "model.onnx", "model.json"
 JOB_FILE = "job.json"
 ERROR_FILE = "error.txt"
+SPLIT_FILE = "data_split.csv"  # the drawn (or data.split_file) split the run trained on
 CHECKPOINTS, LOGS, REPORT, EXPORT, SLURM, MASKS = "checkpoints", "logs", "report", "export", "slurm", "masks"
 REPORT_PAGE = "index.html"
 
@@ -135,6 +138,11 @@ class RunDir:
         return self.path / ERROR_FILE
 
     @property
+    def split_file(self) -> Path:
+        """The copy of the split the run trained on (datasets without official splits)."""
+        return self.path / SPLIT_FILE
+
+    @property
     def lock_file(self) -> Path:
         return self.path / LOCK
 
@@ -185,8 +193,9 @@ class RunDir:
         data, _ = read_metrics_file(self.metrics_file)
         return data or {}
 
-    def update_metrics(self, section: dict) -> dict:
-        """Merge ``section`` into ``metrics.json`` (written atomically)."""
+    def merged_metrics(self, section: dict) -> dict:
+        """``metrics.json`` with ``section`` merged in (nothing written: the report stages it, see
+        :func:`attnmel.report.build.build_report`)."""
         path = self.metrics_file
         current: dict = {}
         if path.is_file():
@@ -195,8 +204,34 @@ class RunDir:
                 log.warning("%s: %s; rewritten", path, problem)
             current = data or {}
         current.update(section)
-        write_json(path, current)
         return current
+
+    def update_metrics(self, section: dict) -> dict:
+        """Merge ``section`` into ``metrics.json`` (written atomically)."""
+        current = self.merged_metrics(section)
+        write_json(self.metrics_file, current)
+        return current
+
+    def record_split(self, split_file: Path | None) -> Path | None:
+        """Copy the split the run trains on (``split_file``: the drawn split in the cache, or ``data.split_file``)
+        into :attr:`split_file`; ``None`` (the dataset ships its splits) writes nothing.
+
+        A resumed run keeps its first copy: if the stored split was edited since, it warns, since the continued
+        training then no longer sees the split the copy records."""
+        if split_file is None:
+            return None
+        target = self.split_file
+        try:
+            text = Path(split_file).read_text(encoding="utf-8")
+        except OSError as e:
+            raise file_error(split_file, f"cannot read the split ({e.strerror})") from None
+        if target.is_file():
+            if target.read_text(encoding="utf-8") != text:
+                log.warning("%s: the split changed since this run started (%s); the copy keeps the first one",
+                            target, split_file)
+            return target
+        write_text(target, text)
+        return target
 
     def check_same_run(self, cfg: dict) -> None:
         """Refuse a config that describes another run than the one this folder holds.

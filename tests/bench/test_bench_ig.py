@@ -13,14 +13,42 @@ from attnmel.bench.report import ig_ceiling, ig_speed
 VGG16 = [64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "M", 512, 512, 512, "M"]
 
 
-def test_ig_speed_bench_runs_and_both_paths_agree():
+@pytest.mark.precision
+def test_ig_speed_bench_runs_and_fp32_paths_agree(monkeypatch):
+    """fp32 against fp32: with bf16 off, "now" (BatchNorm folded, channels-last, 16 per pass) computes what
+    "before" computed, to float rounding. The bf16 path is tested against fp32 below, with a tolerance for bf16."""
+    monkeypatch.setenv("ATTNMEL_BF16", "off")
     r = ig_speed(n_images=1, size=32, width=0.125, n_steps=2, corr_steps=2)
     assert r["n_images"] == 1 and r["before_s_per_image"] > 0 and r["now_s_per_image"] > 0
-    assert r["speedup"] > 0
+    assert r["speedup"] > 0 and r["now_uses_bf16"] is False
     # BatchNorm folding and channels-last change the arithmetic order only.
     assert r["max_relative_difference_now_vs_before"] < 1e-4
-    assert r["bf16_vs_fp32"]["spearman"] > 0.5
     assert r["fp32_ceiling"]["now_s_per_image"] == r["now_s_per_image"]
+
+
+@pytest.mark.precision
+def test_bf16_ig_ranks_pixels_like_fp32():
+    """bf16 against fp32 (bf16 runs on every CPU, emulated where there are no bf16 units: kept tiny).
+
+    bf16 keeps 8 significant bits, so through VGG's 13 convolutions single pixels of an untrained net's IG map move
+    by ~20 % of the map's maximum (0.19-0.23 measured over 6 seeds, 32 and 64 px); the order of the pixels holds:
+    Spearman 0.94-0.98 over the same seeds. 0.85 leaves room for other CPUs' kernels, while the maps of two
+    different images (what a wrong input or target would give) correlate far less."""
+    from scipy.stats import spearmanr
+
+    from attnmel.explain.attributions import integrated_gradients_maps
+    from attnmel.models import build_model
+
+    torch.manual_seed(0)
+    model = build_model({"name": "attnmel", "pretrained": "none", "width": 0.125}, 2).eval()
+    x = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    t = torch.ones(2, dtype=torch.long)
+    fp32 = integrated_gradients_maps(model, x, t, n_steps=4, precision="fp32")
+    bf16 = integrated_gradients_maps(model, x, t, n_steps=4, precision="bf16")
+    assert not torch.equal(fp32, bf16)  # bf16 really ran
+    rho = [spearmanr(a.flatten(), b.flatten()).statistic for a, b in zip(fp32, bf16)]
+    other = spearmanr(fp32[0].flatten(), bf16[1].flatten()).statistic
+    assert min(rho) > 0.85 and other < min(rho) - 0.2, (rho, other)
 
 
 def test_ig_ceiling_counts_vgg16_convolutions_twice_per_step():

@@ -94,6 +94,33 @@ def test_touched_or_modified_source_rebuilds(tmp_path):
     assert not build(samples, tmp_path / "cache").built
 
 
+def test_a_changed_source_is_named_when_the_cache_is_rebuilt(tmp_path, caplog):
+    """Every open stats every source: the first changed file is named in one warning, the rebuilt cache serves
+    the file as it is now, and a truncated JPEG is a one-line error naming it (never the old pixels)."""
+    import logging
+
+    samples = write_set(tmp_path / "data")
+    old = build(samples, tmp_path / "cache").get(2)[0]
+    rng = np.random.default_rng(7)
+    Image.fromarray(rng.integers(0, 255, (48, 64, 3), dtype=np.uint8)).save(samples[2].image, quality=95)
+    bump_mtime(samples[2].image)
+    with caplog.at_level(logging.WARNING, logger="attnmel.data"):
+        c = build(samples, tmp_path / "cache")
+    assert c.built and not np.array_equal(c.get(2)[0], old)
+    assert np.array_equal(c.get(2)[0], load_preprocessed(resolve_sources(samples)[2], SPEC)[0])
+    lines = [r.getMessage() for r in caplog.records if "changed since the cache was built" in r.getMessage()]
+    assert len(lines) == 1 and lines[0].startswith(str(samples[2].image.resolve())), lines
+    data = samples[3].image.read_bytes()
+    samples[3].image.write_bytes(data[: len(data) // 2])
+    with pytest.raises(AttnMelError, match="truncated") as err:
+        build(samples, tmp_path / "cache")
+    assert str(samples[3].image) in str(err.value) and "\n" not in str(err.value)
+    samples[3].image.unlink()
+    with pytest.raises(AttnMelError, match="not found") as err:
+        build(samples, tmp_path / "cache")
+    assert str(samples[3].image) in str(err.value)
+
+
 def test_different_size_or_split_is_a_different_cache(tmp_path):
     samples = write_set(tmp_path / "data", n=2)
     a = build(samples, tmp_path / "cache", spec=BaseSpec(resize=24))

@@ -85,3 +85,16 @@ def test_segmentation_dataset_and_synthetic(isic2018_root, synthetic_root):
     assert result.ok and {r["class"] for r in result.rows()} == {"other", "melanoma"}
     assert sum(r["images"] for r in result.rows()) == 48
     assert all(r["with_masks"] == r["images"] == r["with_dermo"] for r in result.rows())
+
+
+def test_check_prints_where_a_drawn_split_is_stored_and_writes_nothing_into_the_tree(isic2016_root, tmp_path):
+    from tests.data._tree import tree_snapshot
+
+    before = tree_snapshot(isic2016_root)
+    console = _console()
+    run_check("isic2016", isic2016_root, console=console, cache_dir=tmp_path / "cache")
+    text = console.export_text()
+    stored = next((tmp_path / "cache" / "splits").rglob("attnmel_val_split.csv"))
+    assert f"train/val: split stored in {stored}" in text
+    assert "test: split stored" not in text  # the challenge's own test split
+    assert tree_snapshot(isic2016_root) == before

@@ -111,7 +111,8 @@ def test_isic2019_splits_never_share_a_lesion(tmp_path):
         for s in index.samples:
             assert seen.setdefault(s.group, split) == split, s.group
     assert total == sum(1 + j % 3 for j in range(24))
-    assert (root / "attnmel_splits.csv").is_file()  # the draw is kept: every run uses the same split
+    # The draw is kept (every run uses the same split), in the cache folder, not in the dataset folder.
+    assert index.split_file.is_file() and not (root / "attnmel_splits.csv").exists()
     first = [s.image_id for s in read_split("isic2019", root, "val").samples]
     assert first == [s.image_id for s in read_split("isic2019", root, "val").samples]
     lines = (root / "ISIC_2019_Training_Metadata.csv").read_text().split("\n")[1:-1]

@@ -1,6 +1,7 @@
 """Real ISIC files (``../shared/data/real/``, official layouts): ``data check`` and one training step on each
 tree. A user's clone has no ``../shared``: then every test here skips. The files are read in place, never
-copied; drawn splits go to a temporary cache (the folder is read-only), and nothing is written beside them."""
+copied; drawn splits go to a temporary cache (never into the dataset folder, writable or not), and nothing is
+written beside them."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ import torch
 
 from attnmel.config import defaults
 from attnmel.data.readers import read_split
+from tests.data._tree import tree_snapshot
 
 REAL = Path(os.environ.get("ATTNMEL_REAL_DATA", Path(__file__).resolve().parents[3] / "shared/data/real"))
 pytestmark = pytest.mark.skipif(not REAL.is_dir(), reason=f"no real ISIC files at {REAL}")
@@ -36,16 +38,12 @@ def _private_cache(tmp_path, monkeypatch):
     monkeypatch.setenv("ATTNMEL_CACHE_DIR", str(tmp_path / "cache"))
 
 
-def _before(root: Path) -> set[Path]:
-    return set(root.rglob("*"))
-
-
 @pytest.mark.parametrize("dataset,tree,splits,folders", TREES, ids=IDS)
 def test_data_check_reads_every_file_of_the_tree(dataset, tree, splits, folders):
     from attnmel.data.check import check_dataset
 
     root = REAL / tree
-    before = _before(root)
+    before = tree_snapshot(root)
     result = check_dataset(dataset, root)
     by_split = {s.split: s for s in result.splits}
     jpgs = sum(1 for f in folders for p in (root / f).iterdir() if p.suffix.lower() == ".jpg")
@@ -56,7 +54,10 @@ def test_data_check_reads_every_file_of_the_tree(dataset, tree, splits, folders)
     # What is missing is reported per split, in one line each, and is only what the tree lacks.
     for s in {"train", "val", "test"} - set(splits):
         assert by_split[s].error and "\n" not in by_split[s].error
-    assert _before(root) == before  # nothing written into the dataset folder
+    assert tree_snapshot(root) == before  # nothing created, changed or removed in the dataset folder
+    for s in splits:  # a drawn split is stored outside the tree, in the cache
+        f = by_split[s].split_file
+        assert f is None or (f.is_file() and root.resolve() not in f.resolve().parents), f
 
 
 def test_isic2017_labels_and_masks_match_the_crlf_float_csv():

@@ -361,6 +361,7 @@ def test_integrated_gradients_completeness(model_and_images) -> None:
     assert deltas[64].sum() < deltas[4].sum()
 
 
+@pytest.mark.precision
 def test_bf16_integrated_gradients_rank_like_fp32(model_and_images) -> None:
     from scipy.stats import spearmanr
 

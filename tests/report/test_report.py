@@ -228,6 +228,10 @@ def test_html_in_an_image_id_is_escaped_and_ig_is_scored_like_the_rest(tiny_run,
     assert m["attention"]["n_images"] == 6  # --limit
     assert "ig" in page.rows and "ig" in m["attention"]["mean"]
     assert float(page.rows["ig"]["jaccard"]) == pytest.approx(round(m["attention"]["mean"]["ig"]["jaccard"], 4))
+    # IG's completeness error is measured per image and printed (median and share within 5 %).
+    q = m["attention"]["ig_completeness"]
+    assert q["median"] >= 0 and 0 <= q["share_within_5_percent"] <= 1 and q["n_steps"] == 16
+    assert f"median {100 * q['median']:.1f} %" in html
 
 
 def test_split_without_masks_gets_a_report_that_says_why(tiny_run, tmp_path, monkeypatch):

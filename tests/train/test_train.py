@@ -42,6 +42,7 @@ def trained(synthetic_root, tmp_path_factory):
     return run_mod.train(cfg)
 
 
+@pytest.mark.precision  # trains under precision: auto
 def test_fit_lowers_the_loss_and_writes_the_run_folder(trained, synthetic_root):
     losses = _read_csv_metric(trained, "train_loss_epoch")
     assert len(losses) == 4
@@ -124,6 +125,7 @@ def test_corrupt_or_missing_checkpoint(trained, tmp_path, content):
         rundir.load_run(bad)
 
 
+@pytest.mark.precision  # resume must repeat the run under bf16 autocast as under fp32
 def test_resume_repeats_an_uninterrupted_run(synthetic_root, tmp_path):
     # lr halves every epoch, so a scheduler step lost or repeated on resume shows in the weights.
     sched = ("optim.step_size=1", "optim.gamma=0.5")
@@ -250,6 +252,25 @@ def test_cli_resume_of_a_moved_run_folder(synthetic_root, tmp_path, capsys):
     assert "not a run folder" in capsys.readouterr().err
 
 
+def test_evaluate_after_the_dataset_folder_is_gone_refuses_and_keeps_the_results(trained, tmp_path, capsys):
+    """A deleted synthetic set is not generated again (and scored as if it were the run's data): evaluate and
+    report end in one line naming the folder, and the run's metrics and predictions stay as they were."""
+    import shutil
+
+    run = Path(shutil.copytree(trained, tmp_path / "run"))
+    gone = tmp_path / "deleted-dataset"
+    (run / "config.yaml").write_text((run / "config.yaml").read_text().replace(_root_of(run), str(gone)))
+    before = {f: (run / f).read_bytes() for f in ("metrics.json", "predictions.csv")}
+    for argv in (["evaluate", str(run)], ["report", str(run), "--limit", "2"]):
+        assert cli_main(argv) == 2
+        err = capsys.readouterr().err.strip()
+        assert err.count("\n") == 0 and str(gone) in err and "not found" in err, err
+    assert not gone.exists()
+    assert {f: (run / f).read_bytes() for f in before} == before
+
+
+def _root_of(run: Path) -> str:
+    return config_mod.read_yaml(run / "config.yaml")["data"]["root"]
 def test_training_fits_a_temperature_and_reports_the_ece_of_predictions_csv(trained):
     """train -> evaluate fits T on val (calibration.json) and metrics.json's calibration section holds the ECE of
     the probabilities in predictions.csv (torchmetrics' binary ECE, 15 bins, as the oracle)."""

@@ -8,13 +8,14 @@ reader with ``@register_dataset`` (its class counts, the options that apply to i
 Options (``opts``); one that does not apply to the dataset is a one-line error naming it:
   validate       every dataset: open every file (full decode; mask size vs image size); unreadable images
                  are skipped
-  cache_dir      every dataset: where a drawn split is written when the dataset root is read-only
+  cache_dir      every dataset: where a drawn split is stored (never in the dataset root; see readers.splits),
+                 default .cache/attnmel
   labels_optional  every dataset (used by isic2016 / isic2017): without the Part 3 label CSV (a Part 1-only
                  download, for segmentation) every image gets label 0 instead of an error
   val_fraction   isic2016 / ham10000 / isic2019 / isic2020 / folder: share of the drawn validation split
   test_fraction  ham10000 / isic2019 / isic2020 / folder: share of the drawn test split (default 0.2)
-  seed           seed of the drawn split (default 0). Not the run seed: the split is written to disk and
-                 shared by every run
+  seed           seed of the drawn split (default 0). Not the run seed: the split is stored in the cache folder
+                 and shared by every run
   split_file     isic2019 / isic2020: a user's split (CSV: image or lesion_id/patient_id, split) instead of
                  the drawn one; a lesion or patient in two splits is an error
   label_column, positive_class   folder: the diagnosis column of labels.csv and its melanoma value

@@ -31,7 +31,7 @@ from attnmel.data.readers._common import (
     unique_ids,
 )
 from attnmel.data.readers.registry import register_dataset
-from attnmel.data.readers.splits import cache_folder, check_fractions, persisted_split, stratified_assign
+from attnmel.data.readers.splits import check_fractions, persisted_split, stratified_assign
 from attnmel.data.samples import SPLITS, DatasetIndex
 from attnmel.errors import file_error
 
@@ -56,13 +56,16 @@ def read(root: str | Path, split: str, num_classes: int = 2, val_fraction: float
     masks = list_masks(find_dir(root, ["masks"]), labels.keys())
     # Images labels.csv does not list belong to no split; reported once, with train (or all).
     unlabelled = images.keys() - labels.keys() if split in ("train", ALL) else set()
+    split_path = None
     if split != ALL:
         if splits is None:
-            splits = draw_split(root, labels, labels_csv, check_fractions(val_fraction, test_fraction), int(seed),
-                                cache_dir)
+            splits, split_path = draw_split(root, labels, labels_csv, check_fractions(val_fraction, test_fraction),
+                                            int(seed), cache_dir)
         labels = {k: v for k, v in labels.items() if splits[k] == split}
-    return assemble("folder", split, BINARY_CLASSES, labels, images, labels_csv, image_dir, masks=masks,
-                    unlabelled=unlabelled)
+    index = assemble("folder", split, BINARY_CLASSES, labels, images, labels_csv, image_dir, masks=masks,
+                     unlabelled=unlabelled)
+    index.split_file = split_path
+    return index
 
 
 def read_labels(path: Path, label_column: str | None = None,
@@ -115,19 +118,15 @@ def list_masks(folder: Path | None, ids) -> dict[str, Path]:
 
 
 def draw_split(root: Path, labels: dict[str, int], source: Path, fractions: dict[str, float], seed: int,
-               cache_dir: str | Path | None) -> dict[str, str]:
-    """``image_id -> split``: drawn once (stratified by label) and kept outside ``root``, in the cache folder.
-
-    The one place the folder dataset stores a drawn split: where drawn splits live is splits.py's to decide.
+               cache_dir: str | Path | None) -> tuple[dict[str, str], Path]:
+    """``image_id -> split`` and the file it is stored in: drawn once (stratified by label) and kept outside
+    ``root``, in the cache folder (:func:`attnmel.data.readers.splits.persisted_split`, keyed by the labels file's
+    content, the seed and the fractions).
     """
     from attnmel.data.readers.splits import split_file_name
 
     by_class = {c: [k for k, v in labels.items() if v == c] for c in (0, 1)}
     params = {"val_fraction": fractions["val"], "test_fraction": fractions["test"], "seed": seed}
     name = split_file_name("attnmel_splits", params, {"val_fraction": 0.2, "test_fraction": 0.2, "seed": 0})
-    store = cache_folder(root, cache_dir)
-    store.mkdir(parents=True, exist_ok=True)
-    assignment, _ = persisted_split(store, name, "image_id", labels.keys(), SPLITS,
-                                    lambda: stratified_assign(by_class, fractions, seed), source=source,
-                                    cache_dir=cache_dir)
-    return assignment
+    return persisted_split(root, name, "image_id", labels.keys(), SPLITS,
+                           lambda: stratified_assign(by_class, fractions, seed), source=source, cache_dir=cache_dir)

@@ -6,7 +6,8 @@ ROOT/HAM10000_images_part_1/ISIC_<id>.jpg, ROOT/HAM10000_images_part_2/...   (or
 ROOT/HAM10000_segmentations_lesion_tschandl/ISIC_<id>_segmentation.png      (optional)
 ```
 Several images show the same lesion, so train/val/test are drawn by ``lesion_id`` (stratified by the
-lesion's diagnosis, fixed seed) and written to ``ROOT/attnmel_splits.csv`` (``lesion_id,split``).
+lesion's diagnosis, fixed seed) and written to the cache folder (``attnmel_splits.csv``, ``lesion_id,split``;
+see :mod:`attnmel.data.readers.splits`).
 """
 
 from __future__ import annotations
@@ -55,8 +56,8 @@ def read(root: str | Path, split: str, num_classes: int = 2, val_fraction: float
         list_images(d, into=images)
 
     # Drawn by lesion, stratified by the lesion's highest class (a lesion's images agree on it in HAM10000).
-    assignment = grouped_split(root, "attnmel_splits", "lesion_id", lesion, dx, fractions, int(seed), meta,
-                               cache_dir)
+    assignment, split_path = grouped_split(root, "attnmel_splits", "lesion_id", lesion, dx, fractions, int(seed),
+                                           meta, cache_dir)
     ids = [k for k in dx if assignment[k] == split]
     mel = CLASSES_7.index("MEL")
     labels = {k: (int(dx[k] == mel) if num_classes == 2 else dx[k]) for k in ids}
@@ -65,8 +66,10 @@ def read(root: str | Path, split: str, num_classes: int = 2, val_fraction: float
     # Images missing from the metadata belong to no split; they are reported once, with train.
     unlabelled = images.keys() - dx.keys() if split == "train" else set()
     image_dir = image_dirs[0].parent if len(image_dirs) > 1 else image_dirs[0]
-    return assemble("ham10000", split, BINARY_CLASSES if num_classes == 2 else CLASSES_7, labels, images, meta,
-                    image_dir, masks=masks, groups={k: lesion[k] for k in ids}, unlabelled=unlabelled)
+    index = assemble("ham10000", split, BINARY_CLASSES if num_classes == 2 else CLASSES_7, labels, images, meta,
+                     image_dir, masks=masks, groups={k: lesion[k] for k in ids}, unlabelled=unlabelled)
+    index.split_file = split_path
+    return index
 
 
 def read_metadata(meta: Path) -> tuple[dict[str, int], dict[str, str]]:

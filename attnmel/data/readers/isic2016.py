@@ -6,8 +6,9 @@ ROOT/ISBI2016_ISIC_Part3_Training_GroundTruth.csv      no header: ISIC_<id>,beni
 ROOT/ISBI2016_ISIC_Part3_Test_GroundTruth.csv          no header: ISIC_<id>,0.0|1.0
 ROOT/ISBI2016_ISIC_Part1_{Training,Test}_GroundTruth/ISIC_<id>_Segmentation.png
 ```
-There is no official validation split: one is drawn from training (stratified, fixed seed) and written to
-``ROOT/attnmel_val_split.csv`` (``image_id,split``) the first time; train is training minus it.
+There is no official validation split: one is drawn from training (stratified, fixed seed) and written to the
+cache folder (``attnmel_val_split.csv``, ``image_id,split``; see :mod:`attnmel.data.readers.splits`) the first
+time; train is training minus it.
 """
 
 from __future__ import annotations
@@ -55,10 +56,11 @@ def read(root: str | Path, split: str, num_classes: int = 2, val_fraction: float
     labels, csv_path = labels_or_unlabelled(csv_path, root / f"ISBI2016_ISIC_Part3_{part}_GroundTruth.csv", split,
                                             images, read_labels, labels_optional, data_dir)
     unlabelled = images.keys() - labels.keys()
+    split_path = None
     if part == "Training":
         params = {"val_fraction": val_fraction, "seed": int(seed)}
         by_class = {c: [k for k, v in labels.items() if v == c] for c in (0, 1)}
-        assignment, _ = persisted_split(
+        assignment, split_path = persisted_split(
             root, split_file_name("attnmel_val_split", params, SPLIT_DEFAULTS), "image_id", labels.keys(),
             ("train", "val"), lambda: stratified_assign(by_class, {"val": val_fraction}, int(seed)),
             source=csv_path, cache_dir=cache_dir)
@@ -66,8 +68,10 @@ def read(root: str | Path, split: str, num_classes: int = 2, val_fraction: float
         if split == "val":
             unlabelled = set()  # reported once, with train
     masks = list_suffixed(find_dir(root, [f"ISBI2016_ISIC_Part1_{part}_GroundTruth"]), "_segmentation", ".png")
-    return assemble("isic2016", split, BINARY_CLASSES, labels, images, csv_path, data_dir, masks=masks,
-                    unlabelled=unlabelled)
+    index = assemble("isic2016", split, BINARY_CLASSES, labels, images, csv_path, data_dir, masks=masks,
+                     unlabelled=unlabelled)
+    index.split_file = split_path
+    return index
 
 
 def read_labels(csv_path: Path) -> dict[str, int]:

@@ -6,7 +6,8 @@ ROOT/ISIC_2019_Training_GroundTruth.csv   image,MEL,NV,BCC,AK,BKL,DF,VASC,SCC,UN
 ROOT/ISIC_2019_Training_Metadata.csv      image,age_approx,anatom_site_general,lesion_id,sex   (optional)
 ```
 Only the training set has public labels, so train/val/test are drawn from it by ``lesion_id`` (stratified
-by diagnosis, fixed seed) and written to ``ROOT/attnmel_splits.csv`` (``lesion_id,split``). An image
+by diagnosis, fixed seed) and written to the cache folder (``attnmel_splits.csv``, ``lesion_id,split``; see
+:mod:`attnmel.data.readers.splits`). An image
 without a lesion_id (the MSK images) is a group of its own, keyed by its image id. ``data.split_file``
 gives a split of one's own instead (checked: no lesion in two splits). ``UNK`` is empty in the training
 set; a row that sets it is an error (there is no class to train it as). No lesion masks: ``data.masks``.
@@ -63,14 +64,17 @@ def read(root: str | Path, split: str, num_classes: int = 2, val_fraction: float
     groups = read_lesions(find_file(root, [META_NAME]), dx.keys())
     mel = CLASSES_8.index("MEL")
     binary = {k: int(v == mel) for k, v in dx.items()}
-    assignment = grouped_split(root, "attnmel_splits", "lesion_id", groups, dx if num_classes == 8 else binary,
-                               fractions, int(seed), gt, cache_dir, split_file)
+    assignment, split_path = grouped_split(root, "attnmel_splits", "lesion_id", groups,
+                                           dx if num_classes == 8 else binary, fractions, int(seed), gt, cache_dir,
+                                           split_file)
     ids = [k for k in dx if assignment[k] == split]
     labels = {k: (binary[k] if num_classes == 2 else dx[k]) for k in ids}
     images = list_images(data_dir)
     unlabelled = images.keys() - dx.keys() if split == "train" else set()
-    return assemble("isic2019", split, BINARY_CLASSES if num_classes == 2 else CLASSES_8, labels, images, gt,
-                    data_dir, groups={k: groups[k] for k in ids}, unlabelled=unlabelled)
+    index = assemble("isic2019", split, BINARY_CLASSES if num_classes == 2 else CLASSES_8, labels, images, gt,
+                     data_dir, groups={k: groups[k] for k in ids}, unlabelled=unlabelled)
+    index.split_file = split_path
+    return index
 
 
 def read_lesions(meta: Path | None, image_ids) -> dict[str, str]:

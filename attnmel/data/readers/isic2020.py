@@ -6,7 +6,8 @@ ROOT/train/ISIC_<id>.jpg         (or jpeg/train/, ISIC_2020_Training_JPEG/[train
 ```
 ``ISIC_2020_Training_GroundTruth[_v2].csv`` (the ISIC Archive's name for the same table) is read too. Only
 the training set has labels, so train/val/test are drawn from it by ``patient_id`` (stratified by whether
-the patient has a melanoma, fixed seed) and written to ``ROOT/attnmel_splits.csv`` (``patient_id,split``):
+the patient has a melanoma, fixed seed) and written to the cache folder (``attnmel_splits.csv``,
+``patient_id,split``; see :mod:`attnmel.data.readers.splits`):
 no patient is in two splits. ``data.split_file`` gives a split of one's own (checked the same way). A
 ``target`` other than 0/1 is an error naming the file and line. No lesion masks: ``data.masks``.
 """
@@ -61,13 +62,15 @@ def read(root: str | Path, split: str, num_classes: int = 2, val_fraction: float
     if data_dir is None:
         raise file_error(root, f"no image folder (train/ or ISIC_2020_Training_JPEG/){describe(root)}")
     target, patient = read_labels(gt)
-    assignment = grouped_split(root, "attnmel_splits", "patient_id", patient, target, fractions, int(seed), gt,
-                               cache_dir, split_file)
+    assignment, split_path = grouped_split(root, "attnmel_splits", "patient_id", patient, target, fractions,
+                                           int(seed), gt, cache_dir, split_file)
     ids = [k for k in target if assignment[k] == split]
     images = list_images(data_dir)
     unlabelled = images.keys() - target.keys() if split == "train" else set()
-    return assemble("isic2020", split, BINARY_CLASSES, {k: target[k] for k in ids}, images, gt, data_dir,
-                    groups={k: patient[k] for k in ids}, unlabelled=unlabelled)
+    index = assemble("isic2020", split, BINARY_CLASSES, {k: target[k] for k in ids}, images, gt, data_dir,
+                     groups={k: patient[k] for k in ids}, unlabelled=unlabelled)
+    index.split_file = split_path
+    return index
 
 
 def read_labels(gt: Path) -> tuple[dict[str, int], dict[str, str]]:

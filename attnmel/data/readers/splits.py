@@ -1,9 +1,17 @@
-"""Splits the datasets do not ship (ISIC 2016 validation, HAM10000 train/val/test): drawn once, kept on disk.
+"""Splits the datasets do not ship (ISIC 2016 validation, HAM10000, ISIC 2019, ISIC 2020 train/val/test): drawn
+once, kept on disk, never in the dataset folder.
 
-The drawn assignment is written as a small CSV (``<key column>,split``) in the dataset root, or, when the
-root is read-only, in a cache folder. Every later run reads the file, so all runs share one split; a user
-may edit it. The file name carries the draw's parameters when they are not the defaults, so asking for
-another fraction or seed gives (and keeps) another split instead of silently reusing the wrong one.
+The drawn assignment is a small CSV (``<key column>,split``) in the cache folder (``data.cache_dir``, default
+``.cache/attnmel``), under ``splits/<root name>-<hash of the labels file's content>/``, named by the draw's
+parameters when they are not the defaults: the dataset's identity (its labels), the seed and the fractions key it,
+so every run on the same data shares one split, another fraction or seed gives (and keeps) another split, and a
+new labels file draws anew. A user may edit the file (``attnmel data check`` prints where it is). The dataset root
+is never written, whatever its permissions (it is often shared); a split file an older version wrote there is
+still read. ``data.split_file`` (a user's own file) replaces the draw. Training copies the split it used into the
+run folder (``RunDir.split_file``).
+
+:func:`persisted_split` is the one place a drawn split is stored and read back; every reader with a drawn split
+calls it (directly, or through :func:`grouped_split`).
 """
 
 from __future__ import annotations
@@ -11,7 +19,6 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
-import stat
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable, Iterable, Mapping
 
@@ -35,11 +42,31 @@ def split_file_name(stem: str, params: Mapping[str, float | int], defaults: Mapp
     return f"{stem}_{tag}.csv"
 
 
-def cache_folder(root: Path, cache_dir: str | Path | None) -> Path:
-    """Where a split goes when ``root`` is read-only: one sub-folder per dataset root."""
-    base = Path(cache_dir) if cache_dir else Path(os.environ.get("ATTNMEL_CACHE_DIR", "~/.cache/attnmel"))
-    digest = hashlib.sha1(str(root.resolve()).encode()).hexdigest()[:12]
-    return base.expanduser() / "splits" / f"{root.name}-{digest}"
+DEFAULT_CACHE_DIR = ".cache/attnmel"  # data.cache_dir's default: the readers and training agree without a config
+
+
+def _content_hash(path: Path) -> str:
+    h = hashlib.sha1()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()[:12]
+
+
+def split_store(root: Path, source: Path, cache_dir: str | Path | None = None) -> Path:
+    """The folder of ``root``'s drawn splits: ``<cache>/splits/<root name>-<sha1 of source's content>``.
+    Keyed by the labels file ``source`` rather than the root's path, so a moved copy of the same data keeps
+    its split and changed labels get a new one."""
+    try:
+        digest = _content_hash(source)
+    except OSError as e:
+        raise file_error(source, f"cannot read the labels file ({e.strerror})") from None
+    return _store(root, digest, cache_dir)
+
+
+def _store(root: Path, digest: str, cache_dir: str | Path | None) -> Path:
+    base = Path(cache_dir or os.environ.get("ATTNMEL_CACHE_DIR") or DEFAULT_CACHE_DIR).expanduser()
+    return base / "splits" / f"{root.name}-{digest}"
 
 
 def stratified_assign(keys_by_class: Mapping[int, Iterable[str]], fractions: Mapping[str, float],
@@ -89,41 +116,30 @@ def check_fractions(val_fraction: float, test_fraction: float) -> dict[str, floa
     return fractions
 
 
-def _read_only(folder: Path) -> bool:
-    """A folder without write permission bits. Root may write anyway; a dataset someone made read-only
-    (a shared download) must not gain files, so the bits are honoured rather than ``os.access``."""
-    try:
-        return not folder.stat().st_mode & (stat.S_IWUSR | stat.S_IWGRP | stat.S_IWOTH)
-    except OSError:
-        return True
-
-
 def persisted_split(root: Path, file_name: str, key_column: str, keys: Iterable[str], allowed: Iterable[str],
                     draw: Callable[[], dict[str, str]], source: Path,
-                    cache_dir: str | Path | None = None) -> tuple[dict[str, str], Path]:
-    """The split assignment ``key -> split`` and the file it lives in: read if written before, else drawn.
+                    cache_dir: str | Path | None = None, store: Path | None = None) -> tuple[dict[str, str], Path]:
+    """The split assignment ``key -> split`` and the file it lives in: read if stored before, else drawn and
+    stored in :func:`split_store` (never under ``root``).
 
-    ``keys``: every key the file must cover (from ``source``, the label file, named in errors).
+    ``keys``: every key the file must cover (from ``source``, the labels file, named in errors and hashed for
+    the store's key). ``file_name`` carries the draw's parameters (:func:`split_file_name`). ``store``: the
+    folder to use instead of :func:`split_store` (a split keyed by something other than a labels file).
     """
     keys = set(keys)
     allowed = tuple(allowed)
-    for path in (root / file_name, cache_folder(root, cache_dir) / file_name):
-        if path.is_file():
-            return _read_split(path, key_column, keys, allowed, source), path
+    path = ((store or split_store(root, source, cache_dir)) / file_name).absolute()
+    legacy = root / file_name  # written into the dataset folder by versions before 2026-12: read, never written
+    for found in (path, legacy):
+        if found.is_file():
+            return _read_split(found, key_column, keys, allowed, source), found
     assignment = draw()
     text = f"{key_column},split\n" + "".join(f"{k},{assignment[k]}\n" for k in sorted(assignment))
-    path = root / file_name
     try:
-        if _read_only(root):
-            raise PermissionError(f"{root} is read-only")
         write_text(path, text)
-    except OSError:
-        path = cache_folder(root, cache_dir) / file_name
-        try:
-            write_text(path, text)
-        except OSError as e:
-            raise file_error(path, f"cannot write the drawn split here or in {root} ({e.strerror})") from None
-        log.info("%s is read-only: split written to %s", root, path)
+    except OSError as e:
+        raise file_error(path, f"cannot write the drawn split ({e.strerror}); set data.cache_dir to a "
+                               "writable folder") from None
     counts = {name: sum(v == name for v in assignment.values()) for name in allowed}
     log.info("drew a new split (%s) and wrote it to %s", ", ".join(f"{k} {v}" for k, v in counts.items()), path)
     return assignment, path
@@ -206,12 +222,14 @@ def user_split(path: str | Path, image_groups: Mapping[str, str], group_column: 
 
 def grouped_split(root: Path, stem: str, group_column: str, image_groups: Mapping[str, str],
                   image_class: Mapping[str, int], fractions: Mapping[str, float], seed: int, source: Path,
-                  cache_dir: str | Path | None = None, split_file: str | Path | None = None) -> dict[str, str]:
+                  cache_dir: str | Path | None = None,
+                  split_file: str | Path | None = None) -> tuple[dict[str, str], Path]:
     """``image -> split`` drawn by group (no group in two splits), stratified by each group's highest class
-    (a patient with any melanoma counts as a melanoma patient), persisted like the other drawn splits;
-    ``split_file`` (a user's file, :func:`user_split`) replaces the draw."""
+    (a patient with any melanoma counts as a melanoma patient), persisted like the other drawn splits
+    (:func:`persisted_split`), and the file it is stored in; ``split_file`` (a user's file, :func:`user_split`)
+    replaces the draw."""
     if split_file:
-        return user_split(split_file, image_groups, group_column)
+        return user_split(split_file, image_groups, group_column), Path(split_file).expanduser()
     group_class: dict[str, int] = {}
     for img, g in image_groups.items():
         group_class[g] = max(group_class.get(g, 0), int(image_class[img]))
@@ -220,32 +238,29 @@ def grouped_split(root: Path, stem: str, group_column: str, image_groups: Mappin
         by_class.setdefault(c, []).append(g)
     defaults = {"val_fraction": 0.2, "test_fraction": 0.2, "seed": 0}
     params = {"val_fraction": fractions["val"], "test_fraction": fractions["test"], "seed": int(seed)}
-    assignment, _ = persisted_split(
+    assignment, path = persisted_split(
         root, split_file_name(stem, params, defaults), group_column, group_class.keys(), ("train", "val", "test"),
         lambda: stratified_assign(by_class, {"test": fractions["test"], "val": fractions["val"]}, int(seed)),
         source=source, cache_dir=cache_dir)
-    return {img: assignment[g] for img, g in image_groups.items()}
+    return {img: assignment[g] for img, g in image_groups.items()}, path
 
 
 def holdout_split(root: Path, dataset: str, train: DatasetIndex, fraction: float,
                   cache_dir: str | Path | None = None, seed: int = 0) -> set[str]:
     """The training image ids that ``data.holdout`` moves to validation: ``fraction`` of each class, drawn
-    once (stratified, ``seed``) and kept as ``<dataset>_holdout[_..].csv`` (``image,split``) in the cache
-    folder of ``root`` (:func:`cache_folder`), never in the dataset folder, so every run shares it."""
+    once (stratified, ``seed``) and kept as ``<dataset>_holdout[_..].csv`` (``image,split``) in the split store
+    of the cache folder (keyed by the training ids and labels), never in the dataset folder, so every run
+    shares it."""
     fraction = check_fraction("data.holdout", fraction)
     by_class: dict[int, list[str]] = {}
     for s in train.samples:
         by_class.setdefault(int(s.label), []).append(s.image_id)
     name = split_file_name(f"{dataset}_holdout", {"fraction": fraction, "seed": int(seed)},
                            {"fraction": 0.15, "seed": 0})
-    folder = cache_folder(Path(root), cache_dir)
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise file_error(folder, f"cannot create the cache folder for the holdout split ({e.strerror})") from None
-    # persisted_split looks in (and writes to) its first argument first: the cache folder, not the dataset.
-    source = Path(root) / f"{dataset} train"
-    assignment, _ = persisted_split(folder, name, "image", (s.image_id for s in train.samples), ("train", "val"),
-                                    lambda: stratified_assign(by_class, {"val": fraction}, int(seed)),
-                                    source=source, cache_dir=cache_dir)
+    # Keyed like the readers' drawn splits, by the data's identity: here the training split's ids and labels.
+    digest = hashlib.sha1("".join(f"{s.image_id},{s.label}\n" for s in train.samples).encode()).hexdigest()[:12]
+    assignment, _ = persisted_split(Path(root), name, "image", (s.image_id for s in train.samples),
+                                    ("train", "val"), lambda: stratified_assign(by_class, {"val": fraction}, int(seed)),
+                                    source=Path(root) / f"{dataset} training labels", cache_dir=cache_dir,
+                                    store=_store(Path(root), digest, cache_dir))
     return {k for k, v in assignment.items() if v == "val"}

@@ -223,11 +223,15 @@ def test_nested_zip_folder(isic2017_root):
 
 # -- ISIC 2016 ---------------------------------------------------------------------------------
 
-def _split_file(root):
-    return root / "attnmel_val_split.csv"
+def _split_file(root, **opts):
+    """Where the reader stores the drawn split of ``root`` (the cache folder: never under ``root``)."""
+    f = read_split("isic2016", root, "train", **opts).split_file
+    assert f is not None and f.is_file() and root.resolve() not in f.resolve().parents
+    return f
 
 
 def test_isic2016_val_split_stratified_written_and_deterministic(isic2016_root):
+    before = sorted(p.name for p in isic2016_root.iterdir())
     train = read_split("isic2016", isic2016_root, "train")
     val = read_split("isic2016", isic2016_root, "val")
     test = read_split("isic2016", isic2016_root, "test")
@@ -239,6 +243,8 @@ def test_isic2016_val_split_stratified_written_and_deterministic(isic2016_root):
     for idx in (train, val, test):
         _assert_masks_paired(idx)  # capital-S _Segmentation
     f = _split_file(isic2016_root)
+    assert val.split_file == f and test.split_file is None  # the test split is the challenge's own
+    assert sorted(p.name for p in isic2016_root.iterdir()) == before
     first = f.read_text()
     assert first.splitlines()[0] == "image_id,split" and len(first.splitlines()) == 21
     f.unlink()
@@ -276,29 +282,37 @@ def test_isic2016_other_fraction_gets_its_own_file(isic2016_root):
     read_split("isic2016", isic2016_root, "val")
     val = read_split("isic2016", isic2016_root, "val", val_fraction=0.5, seed=3)
     assert sorted(val.labels()) == [0] * 7 + [1] * 3
-    assert (isic2016_root / "attnmel_val_split_val_fraction0.5_seed3.csv").is_file()
-    assert _split_file(isic2016_root).is_file()
+    assert val.split_file.name == "attnmel_val_split_val_fraction0.5_seed3.csv" and val.split_file.is_file()
+    assert _split_file(isic2016_root).name == "attnmel_val_split.csv"
     with pytest.raises(AttnMelError, match="val_fraction"):
         read_split("isic2016", isic2016_root, "val", val_fraction=1.5)
 
 
-def test_isic2016_read_only_root_falls_back_to_cache(isic2016_root, tmp_path, monkeypatch):
-    import attnmel.data.readers.splits as splits
-
-    real = splits.write_text
-
-    def refuse_root(path, text):
-        if str(path).startswith(str(isic2016_root)):
-            raise PermissionError(13, "Permission denied")
-        real(path, text)
-
-    monkeypatch.setattr(splits, "write_text", refuse_root)
+def test_isic2016_split_is_stored_by_labels_content_never_in_the_root(isic2016_root, tmp_path):
     cache = tmp_path / "cache"
-    val = read_split("isic2016", isic2016_root, "val", cache_dir=cache)
-    written = list(cache.rglob("attnmel_val_split.csv"))
-    assert len(written) == 1 and not _split_file(isic2016_root).exists()
-    assert {s.image_id for s in read_split("isic2016", isic2016_root, "val", cache_dir=cache).samples} == \
-        {s.image_id for s in val.samples}
+    before = {p: p.stat().st_mtime_ns for p in isic2016_root.rglob("*")}
+    f = _split_file(isic2016_root, cache_dir=cache)
+    assert cache in f.parents and {p: p.stat().st_mtime_ns for p in isic2016_root.rglob("*")} == before
+    # A copy of the same data elsewhere shares the split; changed labels draw (and keep) another one.
+    import shutil
+
+    copy = shutil.copytree(isic2016_root, tmp_path / "elsewhere" / isic2016_root.name)
+    assert _split_file(copy, cache_dir=cache) == f
+    labels = copy / "ISBI2016_ISIC_Part3_Training_GroundTruth.csv"
+    labels.write_text(labels.read_text().replace("ISIC_0000003,benign", "ISIC_0000003,malignant"))
+    g = _split_file(copy, cache_dir=cache)
+    assert g != f and g.name == f.name and g.parent.parent == f.parent.parent
+
+
+def test_isic2016_split_an_older_version_wrote_into_the_root_is_read(isic2016_root, tmp_path):
+    val = {s.image_id for s in read_split("isic2016", isic2016_root, "val", cache_dir=tmp_path / "a").samples}
+    legacy = isic2016_root / "attnmel_val_split.csv"
+    moved = sorted(val)[0]
+    legacy.write_text((tmp_path / "a").joinpath(next(p for p in (tmp_path / "a").rglob("*.csv"))).read_text()
+                      .replace(f"{moved},val", f"{moved},train"))
+    again = read_split("isic2016", isic2016_root, "val", cache_dir=tmp_path / "b")
+    assert again.split_file == legacy and moved not in {s.image_id for s in again.samples}
+    assert not (tmp_path / "b").exists()
 
 
 def test_isic2016_bad_label(isic2016_root):
@@ -334,7 +348,10 @@ def test_ham10000_splits_by_lesion(ham10000_root):
     binary = read_split("ham10000", ham10000_root, "train")
     assert binary.class_names == ["other", "melanoma"]
     assert all((s.label == 1) == (dx[s.image_id] == "mel") for s in binary.samples)
-    assert (ham10000_root / "attnmel_splits.csv").read_text().startswith("lesion_id,split\n")
+    f = splits["train"].split_file
+    assert f.read_text().startswith("lesion_id,split\n") and f.name == "attnmel_splits.csv"
+    assert all(idx.split_file == f for idx in splits.values())
+    assert not (ham10000_root / f.name).exists()  # never in the dataset folder
 
 
 def test_ham10000_tab_and_comma_give_the_same_split(make_ham10000_tree, tmp_path):
@@ -347,8 +364,7 @@ def test_ham10000_tab_and_comma_give_the_same_split(make_ham10000_tree, tmp_path
 
 
 def test_ham10000_edited_split_cannot_separate_a_lesion(ham10000_root):
-    _ham_splits(ham10000_root)
-    f = ham10000_root / "attnmel_splits.csv"
+    f = _ham_splits(ham10000_root)["train"].split_file
     # the file assigns lesions, not images: one lesion, one split, whatever is edited
     text = f.read_text()
     line = next(ln for ln in text.splitlines()[1:] if ln.endswith(",test"))
