@@ -322,23 +322,13 @@ def tmpfs(tmp_path):
 
 
 # -- the real ISIC 2017 set at 256 px (../shared/data/isic2017-256): tests skip without it ------------------
-def _find_isic2017_256() -> Path | None:
-    """``$ATTNMEL_ISIC2017_256``, else ``shared/data/isic2017-256`` beside the clone (``../shared``) or beside the
-    folder of worktrees (``../../shared``)."""
-    if os.environ.get("ATTNMEL_ISIC2017_256"):
-        return Path(os.environ["ATTNMEL_ISIC2017_256"])
-    repo = Path(__file__).resolve().parents[1]
-    for base in (repo.parent, repo.parent.parent):
-        if (base / "shared/data/isic2017-256").is_dir():
-            return base / "shared/data/isic2017-256"
-    return None
-
-
 @pytest.fixture(scope="session")
 def isic2017_256() -> Path:
     """The real ISIC 2017 tree at 256 px (read-only: never write into it); skips when absent."""
-    root = _find_isic2017_256()
-    if root is None or not root.is_dir():
+    from tests._shared import shared_data
+
+    root = shared_data("isic2017-256")
+    if not root.is_dir():
         pytest.skip("no real ISIC 2017 set (../shared/data/isic2017-256)")
     return root
 

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -12,12 +10,10 @@ from PIL import Image
 
 from attnmel.data.artefacts import list_artefact_masks, load_artefact_mask, read_flags
 from attnmel.errors import AttnMelError
+from tests._shared import shared_data
 
-# ../shared beside the clone (a worktree one level deeper also finds it); a user's clone has none: skipped.
-_HERE = Path(__file__).resolve()
-ARTEFACTS = Path(os.environ.get("ATTNMEL_ARTEFACTS", next(
-    (p / "shared/data/artefacts" for p in _HERE.parents[3:5] if (p / "shared/data/artefacts").is_dir()),
-    _HERE.parents[3] / "shared/data/artefacts")))
+# ../shared beside the clone; a user's clone has none: skipped.
+ARTEFACTS = shared_data("artefacts")
 IDS = ["ISIC_0000001", "ISIC_0000002", "ISIC_0000003", "ISIC_0000004"]
 # The table both files below encode: ruler on 1 and 4, patches on 2.
 TABLE = {"ISIC_0000001": {"ruler": 1, "patches": 0}, "ISIC_0000002": {"ruler": 0, "patches": 1},

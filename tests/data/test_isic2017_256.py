@@ -5,7 +5,6 @@ user's clone has no ``../shared``: then every test here skips. Nothing is writte
 from __future__ import annotations
 
 import csv
-import os
 from pathlib import Path
 
 import pytest
@@ -13,9 +12,9 @@ import torch
 
 from attnmel.config import load_config
 from attnmel.data.readers import read_split
+from tests._shared import shared_data
 
-ROOT = Path(os.environ.get("ATTNMEL_ISIC2017_256",
-                           Path(__file__).resolve().parents[3] / "shared/data/isic2017-256"))
+ROOT = shared_data("isic2017-256")
 RECIPE = Path(__file__).resolve().parents[2] / "experiments/isic2017_cpu.yaml"
 pytestmark = pytest.mark.skipif(not ROOT.is_dir(), reason=f"no ISIC 2017 256-px set at {ROOT}")
 

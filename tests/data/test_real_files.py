@@ -6,7 +6,6 @@ written beside them."""
 from __future__ import annotations
 
 import csv
-import os
 from pathlib import Path
 
 import numpy as np
@@ -15,9 +14,10 @@ import torch
 
 from attnmel.config import defaults
 from attnmel.data.readers import read_split
+from tests._shared import shared_data
 from tests.data._tree import tree_snapshot
 
-REAL = Path(os.environ.get("ATTNMEL_REAL_DATA", Path(__file__).resolve().parents[3] / "shared/data/real"))
+REAL = shared_data("real")
 pytestmark = pytest.mark.skipif(not REAL.is_dir(), reason=f"no real ISIC files at {REAL}")
 
 # (dataset, tree, the splits the tree holds, image folders)

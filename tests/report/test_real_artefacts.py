@@ -4,28 +4,18 @@
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import pytest
 
 from attnmel import config as config_mod
+from tests._shared import shared_data
 
-_HERE = Path(__file__).resolve()
-
-
-def _shared(name: str) -> Path:
-    for p in _HERE.parents[3:5]:
-        if (p / "shared/data" / name).is_dir():
-            return p / "shared/data" / name
-    return _HERE.parents[3] / "shared/data" / name
-
-
-ISIC2017 = Path(os.environ.get("ATTNMEL_ISIC2017", _shared("isic2017-256")))
-ARTEFACTS = Path(os.environ.get("ATTNMEL_ARTEFACTS", _shared("artefacts")))
+ISIC2017 = shared_data("isic2017-256")
+ARTEFACTS = shared_data("artefacts")
 pytestmark = [pytest.mark.slow,
               pytest.mark.skipif(not (ISIC2017.is_dir() and ARTEFACTS.is_dir()), reason="no real ISIC 2017 set")]
-EXPERIMENTS = _HERE.parents[2] / "experiments"
+EXPERIMENTS = Path(__file__).resolve().parents[2] / "experiments"
 
 
 def test_real_run_report_has_artefact_section_and_counterfactuals(tmp_path):
