@@ -227,45 +227,14 @@ def os_error_message(e: OSError) -> str:
 
 
 def dispatch(args: argparse.Namespace) -> int | None:
-    """Run the parsed subcommand. Over 60 lines on purpose: one flat branch per command, each a few lines that
-    import and call the layer that does the work; splitting it would only scatter that table."""
-    from attnmel import config as config_mod
-
+    """Run the parsed subcommand: one flat branch per command, each importing and calling the layer that does the
+    work (the longer ones in their own helpers)."""
     if args.cmd == "data":
         return _data(args)
     if args.cmd == "train":
-        from attnmel.train.run import train
-
-        if args.resume:
-            from attnmel.train.rundir import resume_config
-
-            folder = RunDir(args.resume)
-            if args.config is not None:
-                raise AttnMelError("train: --config and --resume do not combine: a resumed run keeps its own config "
-                                   f"({folder.config_file}); give key=value for the keys that may change")
-            if not folder.is_run():
-                raise AttnMelError(f"{args.resume}: not a run folder (no {folder.config_file.name})")
-            # The folder the user named, wherever it has been moved since it was made.
-            out = train(resume_config(args.resume, args.overrides), resume=True)
-        else:
-            if args.config is None:
-                raise AttnMelError("train: give --config experiments/<dataset>.yaml (or --resume RUN_DIR)")
-            out = train(config_mod.load_config(args.config, args.overrides))
-        _print_headline(out)
-        return 0
+        return _train(args)
     if args.cmd == "evaluate":
-        from attnmel.train.run import evaluate, evaluate_tests
-
-        if args.overrides or args.dataset or args.root:  # data-describing keys, or external data
-            m = evaluate(args.run_dir, args.split or "test", device=args.device, overrides=args.overrides,
-                         dataset=args.dataset, root=args.root)
-        else:
-            m = (evaluate_tests(args.run_dir, device=args.device) if args.split is None
-                 else evaluate(args.run_dir, args.split, device=args.device))
-        print(_format_metrics(m))
-        if m.get("attention_jaccard"):  # external data with lesion masks
-            print("attention jaccard: " + "  ".join(f"{k}={v:.4f}" for k, v in m["attention_jaccard"].items()))
-        return 0
+        return _evaluate(args)
     if args.cmd == "predict":
         from attnmel.train.predict import predict_images
 
@@ -302,6 +271,46 @@ def dispatch(args: argparse.Namespace) -> int | None:
     if args.cmd == "demo":
         return _demo(args)
     raise AttnMelError(f"unknown command {args.cmd}")
+
+
+def _train(args: argparse.Namespace) -> int:
+    """``attnmel train``: a new run from --config, or --resume of a run folder."""
+    from attnmel import config as config_mod
+    from attnmel.train.run import train
+
+    if args.resume:
+        from attnmel.train.rundir import resume_config
+
+        folder = RunDir(args.resume)
+        if args.config is not None:
+            raise AttnMelError("train: --config and --resume do not combine: a resumed run keeps its own config "
+                               f"({folder.config_file}); give key=value for the keys that may change")
+        if not folder.is_run():
+            raise AttnMelError(f"{args.resume}: not a run folder (no {folder.config_file.name})")
+        # The folder the user named, wherever it has been moved since it was made.
+        out = train(resume_config(args.resume, args.overrides), resume=True)
+    else:
+        if args.config is None:
+            raise AttnMelError("train: give --config experiments/<dataset>.yaml (or --resume RUN_DIR)")
+        out = train(config_mod.load_config(args.config, args.overrides))
+    _print_headline(out)
+    return 0
+
+
+def _evaluate(args: argparse.Namespace) -> int:
+    """``attnmel evaluate``: one split, every test split of the run, or an external dataset."""
+    from attnmel.train.run import evaluate, evaluate_tests
+
+    if args.overrides or args.dataset or args.root:  # data-describing keys, or external data
+        m = evaluate(args.run_dir, args.split or "test", device=args.device, overrides=args.overrides,
+                     dataset=args.dataset, root=args.root)
+    else:
+        m = (evaluate_tests(args.run_dir, device=args.device) if args.split is None
+             else evaluate(args.run_dir, args.split, device=args.device))
+    print(_format_metrics(m))
+    if m.get("attention_jaccard"):  # external data with lesion masks
+        print("attention jaccard: " + "  ".join(f"{k}={v:.4f}" for k, v in m["attention_jaccard"].items()))
+    return 0
 
 
 def _expand_images(paths: list[Path]) -> list[Path]:
