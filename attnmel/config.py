@@ -345,7 +345,7 @@ CHECKS: dict[str, Check] = {
     "optim.name": _str(), "optim.lr": _num(0.0, lo_open=True), "optim.momentum": _num(0.0, 1.0),
     "optim.nesterov": _bool, "optim.weight_decay": _NONNEG, "optim.step_size": _int(1),
     "optim.schedule": _str(("step", "cosine")), "optim.warmup_epochs": _int(0),
-    "optim.gamma": _num(0.0, lo_open=True),
+    "optim.gamma": _num(0.0, lo_open=True), "optim.ema": _fraction_below_1,
     "trainer.max_epochs": _int(1), "trainer.accelerator": _str(), "trainer.devices": _devices,
     "trainer.num_nodes": _int(1), "trainer.strategy": _str(), "trainer.precision": _str(PRECISIONS),
     "trainer.channels_last": _bool, "trainer.early_stopping_patience": _int(1, none=True),

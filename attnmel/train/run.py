@@ -191,7 +191,7 @@ def build_trainer(cfg: dict, run_dir: Path, *, callbacks_extra: list | None = No
     # A second callback for last.ckpt: Lightning's save_last only writes when a top-k checkpoint was saved too.
     last = _checkpoint_callback(dirpath=ckpt_dir, filename=Path(LAST).stem, monitor=None, save_top_k=1,
                                 auto_insert_metric_name=False, enable_version_counter=False)
-    callbacks: list = [best, last]
+    callbacks: list = [best, last, *_weight_averaging(cfg)]
     if t.get("early_stopping_patience"):
         callbacks.append(EarlyStopping(monitor=monitor, mode="max", patience=int(t["early_stopping_patience"])))
     callbacks += callbacks_extra or []
@@ -216,6 +216,18 @@ def build_trainer(cfg: dict, run_dir: Path, *, callbacks_extra: list | None = No
         return pl.Trainer(**kwargs)
     except (MisconfigurationException, ValueError, TypeError, RuntimeError) as e:
         raise _trainer_error(cfg, e) from None
+
+
+def _weight_averaging(cfg: dict) -> list:
+    """``optim.ema`` > 0: Lightning's EMA callback. It swaps the average in for validation (so the best
+    checkpoint is chosen on it) and saves it as the checkpoint's ``state_dict``, with the raw weights under
+    ``current_model_state`` for a resume; every reader of a run therefore scores the average."""
+    decay = float(cfg["optim"].get("ema") or 0.0)
+    if decay <= 0.0:
+        return []
+    from pytorch_lightning.callbacks import EMAWeightAveraging
+
+    return [EMAWeightAveraging(decay=decay, use_buffers=True)]
 
 
 class TrainingInterrupted(KeyboardInterrupt):

@@ -315,3 +315,48 @@ def test_evaluate_on_a_tree_without_val_keeps_the_earlier_temperature(trained, s
     assert json.loads((run / "calibration.json").read_text()) == before
     assert any("no temperature fitted" in r.getMessage() and "earlier temperature" in r.getMessage()
                for r in caplog.records)
+
+
+def test_ema_checkpoint_holds_the_hand_computed_average(synthetic_root, tmp_path):
+    """optim.ema=d: after three steps the checkpoint's state_dict is d^2 p1 + d(1-d) p2 + (1-d) p3 (the first update
+    copies p1), the raw weights p3 are kept for a resume, and evaluation scores the average."""
+    import pytorch_lightning as pl
+
+    seen: list[torch.Tensor] = []
+
+    class Capture(pl.Callback):
+        def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+            seen.append(pl_module.model.classifier.weight.detach().float().clone())
+
+    d = 0.5
+    cfg = tiny_cfg(synthetic_root, tmp_path, "ema", "trainer.max_epochs=1", "trainer.limit_train_batches=3",
+                   f"optim.ema={d}", "trainer.precision=32-true")
+    run_dir = run_mod.train(cfg, callbacks=[Capture()], evaluate_after=False)
+    ckpt = rundir.read_checkpoint(run_dir / "checkpoints" / "last.ckpt")
+    assert len(seen) == 3
+    expected = d * d * seen[0] + d * (1 - d) * seen[1] + (1 - d) * seen[2]
+    key = "model.classifier.weight"
+    torch.testing.assert_close(ckpt["state_dict"][key].float(), expected, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(ckpt["current_model_state"][key].float(), seen[2])
+    assert not torch.allclose(seen[2], expected)
+
+
+def test_ema_is_checked():
+    with pytest.raises(AttnMelError, match="optim.ema"):
+        config_mod.load_config(EXPERIMENTS / "synthetic.yaml", ["optim.ema=1.5"])
+
+
+def test_ema_run_resumes_from_its_raw_weights(synthetic_root, tmp_path):
+    """A resume continues the raw weights (current_model_state), not the average, and keeps averaging."""
+    cfg = tiny_cfg(synthetic_root, tmp_path, "ema_resume", "trainer.max_epochs=1", "trainer.limit_train_batches=2",
+                   "optim.ema=0.9", "trainer.precision=32-true")
+    run_dir = run_mod.train(cfg, evaluate_after=False)
+    first = rundir.read_checkpoint(run_dir / "checkpoints" / "last.ckpt")
+    run_mod.train({**cfg, "trainer": {**cfg["trainer"], "max_epochs": 2}}, resume=True, evaluate_after=False)
+    second = rundir.read_checkpoint(run_dir / "checkpoints" / "last.ckpt")
+    assert second["epoch"] == 1
+    key = "model.classifier.weight"
+    # Two more EMA updates at 0.9 from the first average: the new average stays near it, the raw weights moved on.
+    raw_step = (second["current_model_state"][key] - first["current_model_state"][key]).abs().max()
+    avg_step = (second["state_dict"][key] - first["state_dict"][key]).abs().max()
+    assert 0 < avg_step < raw_step
