@@ -138,8 +138,11 @@ def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
         obj = obj["state_dict"]
     if not isinstance(obj, dict) or not obj or not all(isinstance(v, torch.Tensor) for v in obj.values()):
         raise file_error(path, "not a state dict (expected a mapping of parameter names to tensors)")
-    if all(k.startswith("module.") for k in obj):
-        obj = {k[len("module."):]: v for k, v in obj.items()}
+    # DDP's "module." and an AttnMel run checkpoint's "model." (e.g. a segmenter's best.ckpt, whose encoder
+    # is in torchvision's layout: the mask pre-training of experiments/isic2017_cpu_seg.yaml).
+    for prefix in ("module.", "model."):
+        if all(k.startswith(prefix) for k in obj):
+            obj = {k[len(prefix):]: v for k, v in obj.items()}
     return obj
 
 

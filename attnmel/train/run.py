@@ -354,6 +354,21 @@ def evaluate(run_dir: str | Path, split: str = "test", device: str | None = None
     return evaluate_split(run, split, view)
 
 
+def _evaluate_segmenter(run: TrainedRun) -> dict:
+    """A segmenter is scored on ``test`` where it has lesion masks, else on ``val`` (the ISIC 2017 test masks are
+    not in every copy of the set), saying so; with masks on neither, training still ends cleanly."""
+    from attnmel.train.segment import split_has_masks
+
+    for split in ("test", "val"):
+        if split_has_masks(run.cfg, split):
+            if split != "test":
+                log.warning("%s: split 'test' has no lesion masks; the segmenter is scored on '%s' instead",
+                            run.cfg["data"]["root"], split)
+            return evaluate_split(run, split)
+    log.warning("%s: no split has lesion masks; the segmenter was not scored", run.cfg["data"]["root"])
+    return {}
+
+
 def evaluate_split(run: TrainedRun, split: str = "test", view: Any = None) -> dict:
     """Score an opened run on a split: ``metrics.json`` (``classification[_<split>]`` and ``calibration[_<split>]``,
     or ``segmentation`` / ``attributes`` for a segmentation run) and ``predictions[_<split>].csv``. ``view``
@@ -471,6 +486,8 @@ def evaluate_tests(run_dir: str | Path, device: str | None = None) -> dict:
     from attnmel.data.synthetic import extra_test_splits
 
     run = open_run(run_dir, device)
+    if run.cfg.get("task", "classification") == "segmentation":
+        return _evaluate_segmenter(run)
     extra = extra_test_splits(run.cfg["data"])
     if extra and run.cfg.get("task", "classification") == "classification":
         calibrate(run)  # first, so that val and the extra splits get the same temperature as test

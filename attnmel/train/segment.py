@@ -157,6 +157,18 @@ def samples_without_masks(dataset: str, root: str | Path, out: Path, num_classes
     return todo
 
 
+def split_has_masks(cfg: dict, split: str) -> bool:
+    """Whether ``split`` of the run's dataset has any lesion mask (a split the copy lacks has none)."""
+    from attnmel.data.readers import read_split
+
+    d = cfg["data"]
+    try:
+        index = read_split(d["dataset"], d["root"], split, labels_optional=True)
+    except AttnMelError:
+        return False
+    return any(s.mask is not None for s in index.samples)
+
+
 def evaluate_segmentation(run, split: str = "test") -> dict:
     """ISIC Task 1 metrics of a segmentation run on a split, each mask scored at its full resolution
     (the caller records them in ``metrics.json``)."""

@@ -88,3 +88,37 @@ def test_segment_then_classify_with_svm(seg_run, synthetic_root, tmp_path):
     page = build_report(run, split="test", reports_root=None)
     assert page.is_file() and "Attention quality" in page.read_text()
     assert "attention" in json.loads((run / "metrics.json").read_text())
+
+
+def test_segnet_without_test_masks_is_scored_on_val_and_pretrains_attnmel(synthetic_root, tmp_path, caplog):
+    """The mask pre-training of the CPU recipe: a SegNet trained where the test split has no masks (as in the
+    ISIC 2017 copy here) ends cleanly, scored on val; its best.ckpt then loads as model.pretrained into an
+    AttnMel-CNN of the same width, encoder tensors identical."""
+    import shutil
+
+    import torch
+
+    from attnmel.models import build_model
+    from attnmel.models.weights import apply_pretrained
+
+    root = tmp_path / "tree"
+    shutil.copytree(synthetic_root, root)
+    shutil.rmtree(root / "ISIC-2017_Test_v2_Part1_GroundTruth")
+    cfg = config_mod.load_config(EXPERIMENTS / "isic2017_cpu_seg.yaml", [
+        "data.dataset=synthetic", f"data.root={root}", f"out_dir={tmp_path}", "name=seg", "data.resize=64",
+        "data.image_size=64", "data.batch_size=8", "data.num_workers=0", f"data.cache_dir={tmp_path / 'cache'}",
+        "model.width=0.25", "trainer.max_epochs=1", "trainer.progress_bar=false"])
+    with caplog.at_level("WARNING"):
+        run_dir = run_mod.train(cfg)
+    assert "split 'test' has no lesion masks; the segmenter is scored on 'val' instead" in caplog.text
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert metrics["split"] == "val" and 0.0 <= metrics["segmentation"]["mean"]["jaccard"] <= 1.0
+
+    seg_state = torch.load(run_dir / "checkpoints" / "best.ckpt", weights_only=True)["state_dict"]
+    model = build_model({"name": "attnmel", "pretrained": "none", "width": 0.25}, num_classes=3)
+    apply_pretrained(model, run_dir / "checkpoints" / "best.ckpt")
+    own = model.state_dict()
+    encoder = [k for k in seg_state if k.startswith("model.features.")]
+    assert len(encoder) == 13 * 7  # 13 x conv (weight, bias) + BN (weight, bias, mean, var, count)
+    for k in encoder:
+        torch.testing.assert_close(own[k[len("model."):]], seg_state[k])
