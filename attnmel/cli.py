@@ -418,8 +418,12 @@ def _print_headline(run_dir: Path) -> None:
             print(f"{run_dir}: task2_jaccard={a['overall']:.4f}  task2_dice={a['micro_average']['dice']:.4f}  "
                   f"n_images={a['n_images']}")
             return
-        cls = m.get("classification") or m.get("segmentation") or {}
-        print(f"{run_dir}: {_format_metrics(cls)}")
+        if m.get("segmentation") and not m.get("classification"):
+            seg = m["segmentation"]
+            means = "  ".join(f"{k}={v:.4f}" for k, v in seg["mean"].items())
+            print(f"{run_dir}: {m.get('split', 'test')}: {means}  n_images={seg['n_images']}")
+            return
+        print(f"{run_dir}: {_format_metrics(m.get('classification') or {})}")
 
 
 if __name__ == "__main__":  # pragma: no cover

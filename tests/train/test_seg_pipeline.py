@@ -122,3 +122,13 @@ def test_segnet_without_test_masks_is_scored_on_val_and_pretrains_attnmel(synthe
     assert len(encoder) == 13 * 7  # 13 x conv (weight, bias) + BN (weight, bias, mean, var, count)
     for k in encoder:
         torch.testing.assert_close(own[k[len("model."):]], seg_state[k])
+
+
+def test_train_headline_of_a_segmenter_gives_its_mean_scores(seg_run, capsys):
+    from attnmel import cli
+
+    seg = json.loads((seg_run / "metrics.json").read_text())["segmentation"]
+    cli._print_headline(seg_run)
+    out = capsys.readouterr().out
+    assert f"jaccard={seg['mean']['jaccard']:.4f}" in out and f"n_images={seg['n_images']}" in out
+    assert ": test: " in out
