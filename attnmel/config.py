@@ -407,8 +407,11 @@ def validate(cfg: Config) -> None:
 
 
 def changed_keys(old: Config, new: Config) -> list[str]:
-    """The schema keys whose value differs between two configs (free-form mappings compared whole)."""
-    return [k for k in leaf_keys(defaults()) if get(old, k) != get(new, k)]
+    """The schema keys whose value differs between two configs (free-form mappings compared whole). A key
+    missing from a config (one saved before the key existed) counts as its default, so adding a key to
+    ``defaults.yaml`` does not make older runs differ from themselves."""
+    base = defaults()
+    return [k for k in leaf_keys(base) if get(old, k, get(base, k)) != get(new, k, get(base, k))]
 
 
 def frozen_changes(saved: Config, asked: Config) -> list[str]:

@@ -1,5 +1,6 @@
 """Config loading: defaults, YAML, overrides, validation, and the one-line errors."""
 
+import copy
 from pathlib import Path
 
 import pytest
@@ -21,7 +22,8 @@ def test_every_shipped_experiment_config_loads():
 def test_paper_recipe_in_isic2017_config():
     cfg = config_mod.load_config(EXPERIMENTS / "isic2017.yaml")
     assert cfg["optim"] == {"name": "sgd", "lr": 0.01, "momentum": 0.9, "nesterov": True, "weight_decay": 0.0001,
-                            "schedule": "step", "warmup_epochs": 0, "step_size": 10, "gamma": 0.1}
+                            "schedule": "step", "warmup_epochs": 0, "step_size": 10, "gamma": 0.1,
+                            "ema": 0.0}  # the paper averages no weights
     assert cfg["data"]["epoch_repeats"] == 2 and cfg["data"]["oversample"] == 4
     assert cfg["loss"]["name"] == "focal" and cfg["loss"]["gamma"] == 2.0
     assert config_mod.load_config(EXPERIMENTS / "isic2016.yaml")["data"]["epoch_repeats"] == 5
@@ -120,3 +122,14 @@ def test_cpu_recipe_for_real_isic2017_and_its_new_keys():
         assert "\n" not in str(e.value)
     ok = config_mod.load_config(None, ["data.holdout=null", "data.crop_scale=[0.2,1]", "data.color_constancy=null"])
     assert ok["data"]["holdout"] is None and ok["data"]["crop_scale"] == [0.2, 1]
+
+
+def test_a_key_missing_from_an_older_config_counts_as_its_default():
+    """A run saved before a key existed (here optim.ema) is still the same run, so it resumes; a real change of
+    that key, or of any other, is still found."""
+    new = config_mod.load_config(None, [])
+    old = copy.deepcopy(new)
+    del old["optim"]["ema"]
+    assert config_mod.frozen_changes(old, new) == []
+    assert config_mod.frozen_changes(old, config_mod.load_config(None, ["optim.ema=0.99"])) == ["optim.ema"]
+    assert config_mod.frozen_changes(old, config_mod.load_config(None, ["optim.lr=0.5"])) == ["optim.lr"]
