@@ -83,8 +83,13 @@ def _score_attention(run_dir: Path) -> None:
     :func:`attention_split` names (the section's ``split`` says which)."""
     from attnmel.report.build import score_attention
 
+    split = attention_split(run_dir)
     try:
-        score_attention(run_dir, split=attention_split(run_dir))
+        numbers = score_attention(run_dir, split=split)
+        if numbers and split != "test":
+            # score_attention files another split's numbers under attention_<split>, as the report does; the
+            # sweep's section is `attention` whatever the split (its `split` field says which).
+            update_metrics(run_dir, {"attention": numbers})
     except MissingMasksError as e:
         # Data without lesion masks cannot be scored; remember why so a resumed sweep does not retry.
         update_metrics(run_dir, {"attention_skipped": str(e)})

@@ -511,3 +511,24 @@ def test_attention_is_scored_on_validation_when_the_test_split_has_no_masks(make
     assert "validation split (the test split has no lesion masks)" in attention_split_note(
         {"arms": [{"attention_splits": ["val"]}, {"attention_splits": []}]})
     assert attention_split_note({"arms": [{"attention_splits": ["test"]}]}) == ""
+
+
+def test_attention_scored_on_validation_lands_in_the_sweeps_section(synthetic_root, tmp_path: Path,
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    """On ISIC 2017 (no test masks) the sweep scores the maps on val: the numbers must reach `attention`, which
+    the summary and run_finished read (they went only to `attention_val`, and the run was marked skipped)."""
+    from attnmel import config as config_mod
+    from attnmel.sweep.state import read_metrics
+    from attnmel.sweep.summary import attention_means, attention_split_of
+    from attnmel.train import run as run_mod
+
+    cfg = config_mod.load_config(REPO / "experiments" / "synthetic.yaml", [
+        f"data.root={synthetic_root}", f"out_dir={tmp_path}", "name=r", "data.image_size=64", "data.resize=64",
+        "data.batch_size=8", "data.num_workers=0", f"data.cache_dir={tmp_path / 'cache'}", "model.width=0.25",
+        "trainer.max_epochs=1", "trainer.progress_bar=false"])
+    run_dir = run_mod.train(cfg)
+    monkeypatch.setattr(sweep_one, "attention_split", lambda _run_dir: "val")
+    sweep_one._score_attention(run_dir)
+    m = read_metrics(run_dir)
+    assert "attention_skipped" not in m
+    assert attention_split_of(m) == "val" and attention_means(m)["pool4"]["jaccard"] >= 0.0
