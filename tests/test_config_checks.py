@@ -46,3 +46,18 @@ def test_trainer_settings_lightning_refuses_name_the_key(tmp_path):
     with pytest.raises(AttnMelError) as e:
         build_trainer(cfg, tmp_path)
     assert str(e.value).startswith("config: trainer.accelerator='gpu'") and "\n" not in str(e.value)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without a GPU")
+@pytest.mark.parametrize("bf16, says_fp32", [("off", True), ("on", False)])
+def test_auto_precision_says_when_the_cpu_trains_in_fp32(tmp_path, monkeypatch, caplog, bf16, says_fp32):
+    # ATTNMEL_BF16 stands in for the two kinds of CPU, so the test holds on both.
+    from attnmel.train.run import build_trainer
+
+    monkeypatch.setenv("ATTNMEL_BF16", bf16)
+    cfg = config_mod.load_config(EXPERIMENTS / "synthetic.yaml", ["trainer.precision=auto"])
+    with caplog.at_level("INFO", logger="attnmel.train"):
+        trainer = build_trainer(cfg, tmp_path)
+    said = [r.getMessage() for r in caplog.records if "no bf16 units" in r.getMessage()]
+    assert bool(said) is says_fp32
+    assert ("bf16" in str(trainer.precision)) is not says_fp32

@@ -201,9 +201,14 @@ def build_trainer(cfg: dict, run_dir: Path, *, callbacks_extra: list | None = No
                                          default_hp_metric=False))
     except ModuleNotFoundError:  # tensorboard is optional at run time
         pass
+    precision = resolve_precision(cfg)
+    if str(t["precision"]) == "auto" and precision == "32-true":
+        # The CPU recipes' times were measured with bf16 units; without them a step is 5-16x slower.
+        log.info("trainer.precision auto -> fp32: this CPU has no bf16 units (avx512_bf16 or AMX), so training "
+                 "takes several times longer than the bf16 timings in docs/BENCHMARKS.md")
     kwargs: dict[str, Any] = dict(
         max_epochs=int(t["max_epochs"]), accelerator=t["accelerator"], devices=t["devices"],
-        num_nodes=int(t["num_nodes"]), strategy=t["strategy"], precision=resolve_precision(cfg),
+        num_nodes=int(t["num_nodes"]), strategy=t["strategy"], precision=precision,
         callbacks=callbacks, logger=loggers, log_every_n_steps=int(t["log_every_n_steps"]),
         enable_progress_bar=bool(t["progress_bar"]), enable_model_summary=False,
         deterministic=bool(t["deterministic"]), default_root_dir=run_dir, num_sanity_val_steps=0,
