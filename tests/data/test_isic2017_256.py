@@ -1,6 +1,7 @@
 """The whole ISIC 2017 set at 256 px (``../shared/data/isic2017-256``): every image and mask is read with the
-official labels, and one training step of the CPU recipe (``experiments/isic2017_cpu.yaml``) runs on it. A
-user's clone has no ``../shared``: then every test here skips. Nothing is written into the dataset folder."""
+official labels, and one training step of each CPU recipe (``experiments/isic2017_cpu.yaml`` and
+``isic2017_cpu_fp32.yaml``) runs on it. A user's clone has no ``../shared``: then every test here skips. Nothing
+is written into the dataset folder."""
 
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ from attnmel.data.readers import read_split
 from tests._shared import shared_data
 
 ROOT = shared_data("isic2017-256")
-RECIPE = Path(__file__).resolve().parents[2] / "experiments/isic2017_cpu.yaml"
+EXPERIMENTS = Path(__file__).resolve().parents[2] / "experiments"
 pytestmark = pytest.mark.skipif(not ROOT.is_dir(), reason=f"no ISIC 2017 256-px set at {ROOT}")
 
 CSV = {"train": "ISIC-2017_Training_Part3_GroundTruth.csv", "val": "ISIC-2017_Validation_Part3_GroundTruth.csv",
@@ -59,14 +60,16 @@ def test_data_check_decodes_all_2750_images_and_2150_masks():
     assert set(ROOT.rglob("*")) == before
 
 
-def test_one_training_step_of_the_cpu_recipe(tmp_path):
-    """The shipped recipe as a user runs it (its holdout split, colour constancy and augmentation), one batch."""
+@pytest.mark.parametrize("recipe", ["isic2017_cpu", "isic2017_cpu_fp32"])
+def test_one_training_step_of_the_cpu_recipe(tmp_path, recipe):
+    """The shipped recipes (for CPUs with and without bf16) as a user runs them (the holdout split, colour
+    constancy and augmentation), one batch."""
     import pytorch_lightning as pl
 
     from attnmel.data.datamodule import AttnMelDataModule
     from attnmel.train.module import ClassificationModule
 
-    cfg = load_config(RECIPE, [f"data.root={ROOT}", f"data.cache_dir={tmp_path / 'cache'}", "data.cache=false",
+    cfg = load_config(EXPERIMENTS / f"{recipe}.yaml", [f"data.root={ROOT}", f"data.cache_dir={tmp_path / 'cache'}", "data.cache=false",
                                "data.num_workers=0", "data.batch_size=4", "trainer.precision=32-true"])
     before = set(ROOT.rglob("*"))
     dm = AttnMelDataModule(cfg, progress=False)

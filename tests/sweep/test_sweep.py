@@ -490,6 +490,14 @@ def test_isic2017_cpu_sweep_file_has_the_issue_arms() -> None:
     assert arms["gap_remove_lesion"]["loss"]["regulariser"] == "lesion"
 
 
+def test_the_fp32_cpu_sweep_runs_the_same_arms_on_the_smaller_recipe() -> None:
+    bf16 = load_sweep(REPO / "experiments" / "sweeps" / "isic2017_cpu.yaml")
+    fp32 = load_sweep(REPO / "experiments" / "sweeps" / "isic2017_cpu_fp32.yaml")
+    assert [(a.name, a.overrides) for a in fp32.arms] == [(a.name, a.overrides) for a in bf16.arms]
+    assert (fp32.seeds, fp32.baseline, fp32.dataset) == (bf16.seeds, bf16.baseline, bf16.dataset)
+    assert fp32.base.name == "isic2017_cpu_fp32.yaml" and bf16.base.name == "isic2017_cpu.yaml"
+
+
 def test_attention_is_scored_on_validation_when_the_test_split_has_no_masks(make_isic2017_tree, tmp_path) -> None:
     from attnmel.config import defaults, dump
     from attnmel.sweep.summary import attention_split_note, attention_split_of
