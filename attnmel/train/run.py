@@ -203,7 +203,7 @@ def build_trainer(cfg: dict, run_dir: Path, *, callbacks_extra: list | None = No
         pass
     precision = resolve_precision(cfg)
     if str(t["precision"]) == "auto" and precision == "32-true":
-        # The CPU recipes' times were measured with bf16 units; without them a step is 5-16x slower.
+        # The CPU recipes were timed with bf16 units; without them a step is 2.6x (avx512_bf16) to 7x (AMX) slower.
         log.info("trainer.precision auto -> fp32: this CPU has no bf16 units (avx512_bf16 or AMX), so training "
                  "takes several times longer than the bf16 timings in docs/BENCHMARKS.md")
     kwargs: dict[str, Any] = dict(
