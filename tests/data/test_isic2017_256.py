@@ -69,8 +69,9 @@ def test_one_training_step_of_the_cpu_recipe(tmp_path, recipe):
     from attnmel.data.datamodule import AttnMelDataModule
     from attnmel.train.module import ClassificationModule
 
-    cfg = load_config(EXPERIMENTS / f"{recipe}.yaml", [f"data.root={ROOT}", f"data.cache_dir={tmp_path / 'cache'}", "data.cache=false",
-                               "data.num_workers=0", "data.batch_size=4", "trainer.precision=32-true"])
+    cfg = load_config(EXPERIMENTS / f"{recipe}.yaml",
+                      [f"data.root={ROOT}", f"data.cache_dir={tmp_path / 'cache'}", "data.cache=false",
+                       "data.num_workers=0", "data.batch_size=4", "trainer.precision=32-true"])
     before = set(ROOT.rglob("*"))
     dm = AttnMelDataModule(cfg, progress=False)
     n_train, n_val = len(dm.index("train").samples), len(dm.index("val").samples)
