@@ -33,8 +33,8 @@ def test_the_fp32_cpu_recipe_is_the_bf16_one_made_smaller():
     # Two copies of one recipe drift apart unless something holds them together.
     bf16 = config_mod.load_config(EXPERIMENTS / "isic2017_cpu.yaml")
     fp32 = config_mod.load_config(EXPERIMENTS / "isic2017_cpu_fp32.yaml")
-    differ = {k for k in config_mod.leaf_keys(bf16) if config_mod.get(bf16, k) != config_mod.get(fp32, k)}
-    assert differ == {"name", "model.width", "data.resize", "data.image_size", "trainer.max_epochs"}
+    assert set(config_mod.changed_keys(bf16, fp32)) == {"name", "model.width", "data.resize", "data.image_size",
+                                                        "trainer.max_epochs"}
     assert (fp32["model"]["width"], fp32["data"]["resize"], fp32["data"]["image_size"]) == (0.25, 112, 96)
 
 
